@@ -1,0 +1,62 @@
+"""tessy: teacher-student cooperative synthesis of SFT data for reasoning models (TESSY).
+
+The teacher writes the capability text, the student writes the style text, and boundary
+predictors decide where to switch, so the data keeps the teacher's skill in the student's voice.
+"""
+
+from .backends import Backend, GenerateRequest, Generation, Prompt, SamplingParams, ScriptedBackend
+from .boundary import BoundaryPredictor, CutQuery, LexiconPredictor, TokenType
+from .config import SynthConfig, load_config
+from .engine import Engine, Limits, Mode, RepetitionGuard, Role
+from .errors import (
+    BackendError,
+    BoundaryError,
+    ConfigError,
+    DataError,
+    FormatError,
+    MissingDependencyError,
+    TessyError,
+)
+from .formats import Format, get_format
+from .records import Sample, SampleResult, SampleStats, Span
+from .synth import RunSummary, asynthesize, build_engine, synthesize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "BoundaryError",
+    "BoundaryPredictor",
+    "ConfigError",
+    "CutQuery",
+    "DataError",
+    "Engine",
+    "Format",
+    "FormatError",
+    "GenerateRequest",
+    "Generation",
+    "LexiconPredictor",
+    "Limits",
+    "MissingDependencyError",
+    "Mode",
+    "Prompt",
+    "RepetitionGuard",
+    "Role",
+    "RunSummary",
+    "Sample",
+    "SampleResult",
+    "SampleStats",
+    "SamplingParams",
+    "ScriptedBackend",
+    "Span",
+    "SynthConfig",
+    "TessyError",
+    "TokenType",
+    "__version__",
+    "asynthesize",
+    "build_engine",
+    "get_format",
+    "load_config",
+    "synthesize",
+]

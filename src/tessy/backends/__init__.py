@@ -1,0 +1,39 @@
+"""Backends: where continuations come from.
+
+A backend is chosen by the role's explicit ``backend:`` key; :func:`create_backend` maps that
+key to the class that implements it, importing heavy dependencies only when that backend is used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+from .base import Backend, GenerateRequest, Generation, Prompt, SamplingParams, StreamDelta
+from .scripted import ScriptedBackend
+
+if TYPE_CHECKING:
+    from ..config import RoleConfig
+
+__all__ = [
+    "Backend",
+    "GenerateRequest",
+    "Generation",
+    "Prompt",
+    "SamplingParams",
+    "ScriptedBackend",
+    "StreamDelta",
+    "create_backend",
+]
+
+
+def create_backend(config: RoleConfig) -> Backend:
+    """The backend a role's config asks for."""
+    if config.backend == "scripted":
+        return ScriptedBackend.cycling(
+            list(config.responses),
+            list(config.answers),
+            latency_s=config.latency_s,
+            max_concurrency=config.max_concurrency,
+        )
+    raise ConfigError(f"unknown backend {config.backend!r}")

@@ -1,0 +1,133 @@
+"""The backend interface: generate a continuation of a prompt.
+
+One small async interface serves HTTP servers, in-process models and scripted fakes. What a
+backend can do beyond plain text (accept token-id prompts, return token ids, stream) is
+declared as class attributes, never probed at run time.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..text import TextView
+
+__all__ = [
+    "Backend",
+    "GenerateRequest",
+    "Generation",
+    "Prompt",
+    "SamplingParams",
+    "StreamDelta",
+]
+
+FinishReason = Literal["length", "stop"]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Sampling settings, named as in the OpenAI / vLLM APIs. Defaults follow the paper."""
+
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 20
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A prompt as text (a cheap view) and, where the caller keeps them, as token ids."""
+
+    view: TextView
+    token_ids: Sequence[int] | None = None
+
+    @classmethod
+    def of(cls, text: str) -> Prompt:
+        return cls(TextView.of(text))
+
+    @property
+    def text(self) -> str:
+        return self.view.text
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """One request for a continuation.
+
+    ``sample_id``, ``role`` and ``phase`` are metadata: they let a backend route all requests
+    of one sample to the same replica (so its prefix cache hits) and let fakes answer per sample.
+    """
+
+    prompt: Prompt
+    max_tokens: int
+    stop: tuple[str, ...] = ()
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    sample_id: str = ""
+    role: str = ""
+    phase: str = "think"
+
+
+@dataclass(slots=True)
+class Generation:
+    """A continuation, as token strings that concatenate to the generated text.
+
+    ``finish_reason`` is ``"length"`` when ``max_tokens`` ran out and ``"stop"`` when the model
+    ended its turn or hit a stop string (``stop_reason`` names the string; ``None`` for the
+    end-of-sequence token). A stop string itself is not part of ``pieces``.
+    """
+
+    pieces: list[str]
+    finish_reason: FinishReason
+    token_ids: list[int] | None = None
+    stop_reason: str | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+
+@dataclass(slots=True)
+class StreamDelta:
+    """Some new tokens of a streamed continuation; the last delta carries ``finish_reason``."""
+
+    pieces: list[str]
+    token_ids: list[int] | None = None
+    finish_reason: FinishReason | None = None
+    stop_reason: str | None = None
+
+
+class Backend(ABC):
+    """Generates continuations. Subclasses declare what they support."""
+
+    #: Accepts ``Prompt.token_ids`` instead of text.
+    accepts_token_ids: bool = False
+    #: Fills ``Generation.token_ids``.
+    returns_token_ids: bool = False
+    #: Implements :meth:`stream`.
+    supports_streaming: bool = False
+
+    def __init__(self, *, max_concurrency: int = 64) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        #: How many requests the engine may have in flight on this backend at once.
+        self.max_concurrency = max_concurrency
+
+    @abstractmethod
+    async def generate(self, request: GenerateRequest) -> Generation:
+        """Generate up to ``request.max_tokens`` tokens continuing ``request.prompt``."""
+
+    def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamDelta, None]:
+        """Stream the continuation. Closing the iterator early must abort the request."""
+        raise NotImplementedError(f"{type(self).__name__} does not stream")
+
+    async def aclose(self) -> None:
+        """Release connections, servers or models."""

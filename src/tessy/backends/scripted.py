@@ -1,0 +1,219 @@
+"""A scripted backend: replays given continuations and records every request it receives.
+
+It behaves like a real server where the engine can tell: it stops at ``max_tokens`` (finish
+``"length"``), at a stop string (finish ``"stop"``, the string left out) or at the end of the
+scripted continuation (finish ``"stop"``, as an end-of-sequence token would). It never looks at
+the whole prompt, so it costs O(new tokens) a request and suits benchmarks as well as tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+
+from ..errors import BackendError
+from ..tokenizers import FakeTokenizer, Tokenizer
+from .base import Backend, FinishReason, GenerateRequest, Generation, StreamDelta
+
+__all__ = ["Continuation", "ScriptedBackend"]
+
+#: A scripted continuation: text (split by the tokenizer), explicit token strings, or an error to raise.
+Continuation = str | Sequence[str] | BaseException
+Responder = Callable[[GenerateRequest], Continuation]
+
+
+class ScriptedBackend(Backend):
+    """Answers each request with the next scripted continuation.
+
+    Give either ``script`` (continuations consumed in order, whatever the sample) or
+    ``responder`` (a function of the request). :meth:`cycling` builds a responder that walks a
+    list of responses per sample, so output does not depend on how samples interleave.
+    """
+
+    supports_streaming = True
+
+    def __init__(
+        self,
+        script: Iterable[Continuation] | None = None,
+        *,
+        responder: Responder | None = None,
+        tokenizer: Tokenizer | None = None,
+        latency_s: float = 0.0,
+        record: bool = True,
+        max_concurrency: int = 64,
+    ) -> None:
+        super().__init__(max_concurrency=max_concurrency)
+        if (script is None) == (responder is None):
+            raise ValueError("give exactly one of script= or responder=")
+        self._script: deque[Continuation] = deque(script or ())
+        self._responder = responder
+        self.tokenizer = tokenizer or FakeTokenizer()
+        self.latency_s = latency_s
+        self.record = record
+        #: Every request received, in order (when ``record`` is on).
+        self.requests: list[GenerateRequest] = []
+        #: How many requests are running now, and the most that ever ran at once.
+        self.in_flight = 0
+        self.max_in_flight = 0
+        #: Streams closed by the caller before the continuation was exhausted.
+        self.aborted_streams = 0
+
+    @classmethod
+    def cycling(
+        cls,
+        responses: Sequence[str],
+        answers: Sequence[str] = (),
+        **kwargs: object,
+    ) -> ScriptedBackend:
+        """A fake model that writes ``responses`` one after another, without end.
+
+        Per sample it keeps a cursor in that endless text. When the prompt ends with everything
+        it returned last time (nothing was cut), it carries on from the cursor, as a model would;
+        otherwise it starts afresh at the response after the one its last request began in. Only a stop string (``</think>`` in a
+        response) ends a thinking request early. The first response of a sample is chosen by a
+        stable hash of its id. Answer requests get one of ``answers``, which end like a turn does.
+        """
+        if not responses:
+            raise ValueError("cycling() needs at least one response")
+        tokenizer = kwargs.get("tokenizer") or FakeTokenizer()
+        assert isinstance(tokenizer, Tokenizer)
+        split = [tokenizer.pieces(r) for r in responses]
+        split_answers = [tokenizer.pieces(a) for a in answers]
+        # Per sample: (response index, piece index within it, text returned last time, and the
+        # response that text began in).
+        cursors: dict[str, tuple[int, int, str, int]] = {}
+        answered: dict[str, int] = {}
+
+        def start(sample_id: str, n: int) -> int:
+            return int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:4], "big") % n
+
+        def respond(request: GenerateRequest) -> Continuation:
+            sid = request.sample_id
+            if request.phase == "answer" and split_answers:
+                i = answered.get(sid, start(sid, len(split_answers)))
+                answered[sid] = i + 1
+                return split_answers[i % len(split_answers)]
+            cursor = cursors.get(sid)
+            if cursor is None:
+                r, p = start(sid, len(split)), 0
+            elif cursor[2] and request.prompt.view.endswith(cursor[2]):
+                r, p = cursor[0], cursor[1]
+            else:
+                r, p = cursor[3] + 1, 0
+            began = r
+            pieces: list[str] = []
+            while len(pieces) < request.max_tokens + 1:
+                response = split[r % len(split)]
+                take = response[p : p + request.max_tokens + 1 - len(pieces)]
+                pieces.extend(take)
+                p += len(take)
+                if p >= len(response):
+                    r, p = r + 1, 0
+            # The request returns max_tokens pieces (one more only signals "length").
+            r, p = _back_one(split, r, p)
+            cursors[sid] = (r, p, "".join(pieces[: request.max_tokens]), began)
+            return pieces
+
+        return cls(responder=respond, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def remaining(self) -> int:
+        """Scripted continuations not yet consumed."""
+        return len(self._script)
+
+    def _next(self, request: GenerateRequest) -> list[str]:
+        if self.record:
+            self.requests.append(request)
+        if self._responder is not None:
+            item = self._responder(request)
+        elif self._script:
+            item = self._script.popleft()
+        else:
+            raise AssertionError(f"the script ran out at request {len(self.requests)} (sample {request.sample_id!r})")
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, str):
+            return self.tokenizer.pieces(item)
+        return list(item)
+
+    async def generate(self, request: GenerateRequest) -> Generation:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+            pieces = self._next(request)
+            return _truncate(pieces, request)
+        finally:
+            self.in_flight -= 1
+
+    async def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamDelta, None]:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        finished = False
+        try:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+            whole = _truncate(self._next(request), request)
+            for i, piece in enumerate(whole.pieces):
+                last = i == len(whole.pieces) - 1
+                yield StreamDelta(
+                    pieces=[piece],
+                    finish_reason=whole.finish_reason if last else None,
+                    stop_reason=whole.stop_reason if last else None,
+                )
+                await asyncio.sleep(0)
+            if not whole.pieces:
+                yield StreamDelta(pieces=[], finish_reason=whole.finish_reason, stop_reason=whole.stop_reason)
+            finished = True
+        finally:
+            self.in_flight -= 1
+            if not finished:
+                self.aborted_streams += 1
+
+
+def _back_one(split: Sequence[Sequence[str]], r: int, p: int) -> tuple[int, int]:
+    """The cursor one piece earlier in the endless concatenation of ``split``."""
+    if p > 0:
+        return r, p - 1
+    r -= 1
+    return r, len(split[r % len(split)]) - 1
+
+
+def _truncate(pieces: list[str], request: GenerateRequest) -> Generation:
+    """Apply ``max_tokens`` and stop strings the way a server does."""
+    if request.max_tokens < 1:
+        raise BackendError(f"max_tokens must be at least 1, got {request.max_tokens}", retryable=False)
+    stops = request.stop
+    longest = max((len(s) for s in stops), default=0)
+    kept: list[str] = []
+    recent = ""  # enough trailing text to find a stop string that spans pieces
+    for piece in pieces[: request.max_tokens]:
+        window = recent + piece
+        hit = min(((window.find(s), s) for s in stops if s in window), default=None)
+        if hit is not None:
+            at, stop = hit
+            # Keep what precedes the stop string in this piece (the part in `recent` is kept already).
+            before = at - len(recent)
+            if before > 0:
+                kept.append(piece[:before])
+            elif before < 0:
+                _trim_end(kept, -before)
+            return Generation(pieces=kept, finish_reason="stop", stop_reason=stop)
+        kept.append(piece)
+        recent = window[-longest:] if longest else ""
+    # A server that produced max_tokens tokens stops there, whatever would have come next.
+    finish: FinishReason = "length" if len(pieces) >= request.max_tokens else "stop"
+    return Generation(pieces=kept, finish_reason=finish)
+
+
+def _trim_end(pieces: list[str], n_chars: int) -> None:
+    """Remove ``n_chars`` characters from the end of ``pieces`` (dropping emptied pieces)."""
+    while n_chars > 0 and pieces:
+        last = pieces.pop()
+        if len(last) > n_chars:
+            pieces.append(last[:-n_chars])
+            return
+        n_chars -= len(last)

@@ -1,0 +1,149 @@
+"""The ``lexicon`` boundary predictor: style phrases from a list, no weights.
+
+A token is *style* when its letters fall inside a style phrase matched in the text
+(case-insensitively, on word boundaries), and *capability* otherwise. Tokens with no letters or
+digits (punctuation, whitespace) take the type of the token before them, so ``"Okay,"`` is
+style throughout and the ``"."`` that ends a formula stays with the formula.
+
+Like a trained predictor, it labels each position with the type of the *next* token, so the
+engine's cut rule is the same for both. The default phrases are openers, connectives,
+hesitations and transitions that reasoning models use to steer themselves: see
+:data:`DEFAULT_PHRASES`. Extend them with ``phrases`` or a ``phrases_file`` (one phrase a
+line, ``#`` starts a comment), or replace them with ``replace_defaults``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..text import TextView
+from .base import NextTokenTypePredictor, TokenType
+
+__all__ = ["DEFAULT_PHRASES", "LexiconPredictor", "read_phrases"]
+
+#: The default style phrases, grouped by what they do in a reasoning trace.
+DEFAULT_PHRASES: tuple[str, ...] = (
+    # openers and acknowledgements
+    "okay",
+    "ok",
+    "alright",
+    "all right",
+    "well",
+    "oh",
+    "right",
+    # hesitations and self-checks
+    "hmm",
+    "hmmm",
+    "wait",
+    "hold on",
+    "actually",
+    "i think",
+    "i guess",
+    "maybe",
+    # steering the next step
+    "so",
+    "let me",
+    "let me see",
+    "let me think",
+    "let me check",
+    "let's",
+    "let's see",
+    "now",
+    "then",
+    "first",
+    "next",
+    "also",
+    # connectives and transitions
+    "but",
+    "but if",
+    "alternatively",
+    "for example",
+    "in this case",
+    "on the other hand",
+)
+
+_CONTEXT_CHARS = 96
+
+
+def read_phrases(path: Path) -> list[str]:
+    """Phrases from a file: one a line, blank lines and ``#`` comments ignored."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the phrases file {path}: {exc}") from exc
+    phrases = [line.split("#", 1)[0].strip() for line in lines]
+    return [p for p in phrases if p]
+
+
+def _phrase_pattern(phrase: str) -> str:
+    words = phrase.lower().split()
+    # Any whitespace between words; straight and curly apostrophes alike.
+    return r"\s+".join(re.escape(w).replace("'", "['’]") for w in words)
+
+
+class LexiconPredictor(NextTokenTypePredictor):
+    """Finds switches at style phrases from a word list."""
+
+    def __init__(
+        self,
+        phrases: Iterable[str] | None = None,
+        *,
+        phrases_file: Path | None = None,
+        replace_defaults: bool = False,
+    ) -> None:
+        chosen: list[str] = [] if replace_defaults else list(DEFAULT_PHRASES)
+        chosen.extend(phrases or ())
+        if phrases_file is not None:
+            chosen.extend(read_phrases(phrases_file))
+        cleaned = sorted({" ".join(p.lower().split()) for p in chosen if p.strip()}, key=len, reverse=True)
+        if not cleaned:
+            raise ConfigError("the lexicon predictor has no phrases: give 'phrases' or a 'phrases_file'")
+        self.phrases: tuple[str, ...] = tuple(cleaned)
+        # Longest first, so "but if" wins over "but" and "let me see" over "let me".
+        alternatives = "|".join(_phrase_pattern(p) for p in self.phrases)
+        self._pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+        # Enough tokens to see a whole phrase after the next token (tokens are at most words).
+        self.lookahead = max(len(p.split()) for p in self.phrases) + 1
+        self.context_chars = _CONTEXT_CHARS
+
+    def next_token_types(self, context: TextView, pieces: Sequence[str]) -> list[TokenType | None]:
+        types = self.token_types(context, pieces)
+        return [*types[1:], None]
+
+    def token_types(self, context: TextView, pieces: Sequence[str]) -> list[TokenType]:
+        """The type of each token of the chunk."""
+        tail = context.tail(_CONTEXT_CHARS)
+        if len(tail) == _CONTEXT_CHARS:
+            # Drop a word cut in half by the window, so it cannot match as a whole word.
+            space = re.search(r"\s", tail)
+            tail = tail[space.start() :] if space else ""
+        text = tail + "".join(pieces)
+        matches = [m.span() for m in self._pattern.finditer(text)]
+
+        def is_style(start: int, end: int) -> bool:
+            return any(s < end and start < e for s, e in matches)
+
+        # The type before the chunk: that of the last letter or digit of the context.
+        prev = TokenType.CAPABILITY
+        for i in range(len(tail) - 1, -1, -1):
+            if tail[i].isalnum():
+                prev = TokenType.STYLE if is_style(i, i + 1) else TokenType.CAPABILITY
+                break
+
+        types: list[TokenType] = []
+        pos = len(tail)
+        m = 0  # first match that may still overlap the current piece
+        for piece in pieces:
+            start, end = pos, pos + len(piece)
+            pos = end
+            if any(c.isalnum() for c in piece):
+                core = start + (len(piece) - len(piece.lstrip()))
+                while m < len(matches) and matches[m][1] <= core:
+                    m += 1
+                style = m < len(matches) and matches[m][0] < end
+                prev = TokenType.STYLE if style else TokenType.CAPABILITY
+            types.append(prev)
+        return types

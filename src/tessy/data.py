@@ -1,0 +1,310 @@
+"""Reading prompts and writing records so that no sample is ever lost.
+
+Input is JSONL read lazily, one line at a time. Output is append-only JSONL: every record is
+written with one ``write`` of a whole line, so the file is valid JSONL after every record; a
+line torn by a crash (possible only on power loss or a full disk) is found and cut off on the
+next run. Finished ids are skipped on resume; samples that failed go to a sidecar file with
+their reason, and so do malformed input lines, so every input line ends up somewhere.
+
+Files beside ``OUT.jsonl``: ``OUT.failed.jsonl`` (failures) and ``OUT.config.json`` (the
+resolved config and its hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .records import Message, Sample, SampleResult
+
+__all__ = [
+    "BadLine",
+    "OutputStore",
+    "prompt_id",
+    "read_prompts",
+    "result_record",
+    "sidecar_paths",
+]
+
+logger = logging.getLogger(__name__)
+
+_ROLES = {"system", "user", "assistant"}
+#: Output fields the record sets itself; input fields of these names are kept under "input".
+RESERVED = frozenset({"id", "messages", "spans", "stats", "config_hash", "mode", "input", "failure", "response"})
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """An input line that could not be turned into a sample."""
+
+    path: Path
+    line_no: int
+    error: str
+    raw: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line_no}: {self.error}"
+
+
+def prompt_id(messages: list[Message]) -> str:
+    """A stable id for a prompt: the hash of its canonical JSON."""
+    canonical = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _messages(value: Any, field: str) -> list[Message]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"'{field}' is empty")
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"'{field}' must be a string or a non-empty list of chat messages")
+    out: list[Message] = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in _ROLES:
+            raise ValueError(
+                f"'{field}[{i}]' must be an object with 'role' (system, user or assistant) and string 'content'"
+            )
+        out.append({"role": m["role"], "content": m["content"]})
+    if out[-1]["role"] != "user":
+        raise ValueError(f"the last message of '{field}' must be the user's, got {out[-1]['role']!r}")
+    return out
+
+
+def parse_prompt(obj: Any, *, prompt_field: str | None = None, id_field: str = "id") -> Sample:
+    """Turn one decoded input object into a :class:`Sample` (``ValueError`` says why it cannot)."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if prompt_field is not None:
+        field = prompt_field
+    elif "messages" in obj:
+        field = "messages"
+    elif "prompt" in obj:
+        field = "prompt"
+    else:
+        raise ValueError("no 'prompt' or 'messages' field (name another one with data.prompt_field)")
+    if field not in obj:
+        raise ValueError(f"no {field!r} field")
+    messages = _messages(obj[field], field)
+    raw_id = obj.get(id_field)
+    if raw_id is None:
+        sample_id = prompt_id(messages)
+    elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id).strip():
+        sample_id = str(raw_id)
+    else:
+        raise ValueError(f"'{id_field}' must be a non-empty string or an integer")
+    fields = {k: v for k, v in obj.items() if k not in (field, id_field)}
+    return Sample(id=sample_id, messages=messages, fields=fields)
+
+
+def read_prompts(
+    path: Path, *, prompt_field: str | None = None, id_field: str = "id", strict: bool = False
+) -> Iterator[Sample | BadLine]:
+    """Samples from a JSONL file, lazily; malformed lines come as :class:`BadLine` (or raise if strict)."""
+    try:
+        handle = path.open("r", encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise DataError(f"cannot read the input {path}: {exc}") from exc
+    with handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+                yield parse_prompt(obj, prompt_field=prompt_field, id_field=id_field)
+            except ValueError as exc:
+                bad = BadLine(path, line_no, str(exc), line.rstrip("\n"))
+                if strict:
+                    raise DataError(f"{bad} (data.strict is on; turn it off to record such lines and go on)") from None
+                logger.error("skipping malformed input line %s", bad)
+                yield bad
+
+
+def result_record(result: SampleResult, config_hash: str, mode: str) -> dict[str, Any]:
+    """The output record of a finished sample (design.md section 3), id first."""
+    sample = result.sample
+    record: dict[str, Any] = {"id": sample.id}
+    kept = {k: v for k, v in sample.fields.items() if k not in RESERVED}
+    record.update(kept)
+    moved = {k: v for k, v in sample.fields.items() if k in RESERVED}
+    if moved:
+        record["input"] = moved
+    assistant = {"role": "assistant", "content": result.response or ""}
+    record["messages"] = [*sample.messages, assistant]
+    record["mode"] = mode
+    record["spans"] = [s.to_dict() for s in result.spans]
+    record["stats"] = result.stats.to_dict()
+    record["config_hash"] = config_hash
+    return record
+
+
+def failure_record(result: SampleResult, config_hash: str, mode: str) -> dict[str, Any]:
+    sample = result.sample
+    return {
+        "id": sample.id,
+        "failure": result.failure,
+        "messages": sample.messages,
+        "fields": sample.fields,
+        "mode": mode,
+        "spans": [s.to_dict() for s in result.spans],
+        "stats": result.stats.to_dict(),
+        "config_hash": config_hash,
+    }
+
+
+def sidecar_paths(output: Path) -> tuple[Path, Path]:
+    """The failure file and the config file that go with an output file."""
+    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
+    return output.with_name(f"{stem}.failed.jsonl"), output.with_name(f"{stem}.config.json")
+
+
+_ID_PREFIX = re.compile(r'^\{"id":\s*("(?:[^"\\]|\\.)*")')
+_HASH_SUFFIX = re.compile(r'"config_hash":\s*"([^"]*)"\}\s*$')
+
+
+def _scan(path: Path, *, repair: bool) -> tuple[set[str], set[str]]:
+    """Ids and config hashes of the records in ``path``; cut off a torn last line if ``repair``."""
+    ids: set[str] = set()
+    hashes: set[str] = set()
+    if not path.exists():
+        return ids, hashes
+    good_end = 0
+    torn: str | None = None
+    with path.open("rb") as f:
+        for raw in f:
+            line = raw.decode("utf-8", errors="surrogateescape")
+            if not line.endswith("\n"):
+                torn = "no newline at the end"
+                break
+            if not line.strip():
+                good_end += len(raw)
+                continue
+            m, h = _ID_PREFIX.match(line), _HASH_SUFFIX.search(line)
+            if m is None or h is None:
+                # Not one of our fast-path lines: decode it fully.
+                try:
+                    obj = json.loads(line)
+                    rid, rhash = str(obj["id"]), str(obj.get("config_hash", ""))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    torn = "not a complete JSON record"
+                    break
+            else:
+                rid, rhash = json.loads(m.group(1)), h.group(1)
+            ids.add(rid)
+            hashes.add(rhash)
+            good_end += len(raw)
+    if torn is not None:
+        size = path.stat().st_size
+        if not repair:
+            raise DataError(f"{path} has a damaged record at byte {good_end} ({torn})")
+        logger.warning(
+            "%s: cutting off a damaged last record (%d bytes, %s) left by an interrupted run; "
+            "its sample will run again",
+            path,
+            size - good_end,
+            torn,
+        )
+        with path.open("r+b") as f:
+            f.truncate(good_end)
+    return ids, hashes
+
+
+class OutputStore:
+    """Append-only output with resume. Open it with :meth:`open`; close it when done."""
+
+    def __init__(self, output: Path, *, config_hash: str, fsync: bool = False) -> None:
+        self.output = output
+        self.failed_path, self.config_path = sidecar_paths(output)
+        self.config_hash = config_hash
+        self.fsync = fsync
+        #: Ids already in the output (finished) and in the failure file.
+        self.done_ids: set[str] = set()
+        self.failed_ids: set[str] = set()
+        self._fds: dict[Path, int] = {}
+
+    @classmethod
+    def open(
+        cls,
+        output: Path,
+        *,
+        config: dict[str, Any],
+        config_hash: str,
+        allow_config_change: bool = False,
+        fsync: bool = False,
+    ) -> OutputStore:
+        store = cls(output, config_hash=config_hash, fsync=fsync)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        store.done_ids, hashes = _scan(output, repair=True)
+        store.failed_ids, failed_hashes = _scan(store.failed_path, repair=True)
+        # The records themselves say which config made them; an output with none mixes nothing.
+        others = (hashes | failed_hashes) - {config_hash}
+        if others and not allow_config_change:
+            raise DataError(
+                f"{output} holds records made with another config (hash {', '.join(sorted(others))}; "
+                f"this run is {config_hash}). Write to a new output, or set "
+                "data.allow_config_change=true to append anyway."
+            )
+        store._write_config(config)
+        return store
+
+    def _write_config(self, config: dict[str, Any]) -> None:
+        text = json.dumps({"config_hash": self.config_hash, "config": config}, indent=2, default=str)
+        tmp = self.config_path.with_name(self.config_path.name + ".tmp")
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, self.config_path)
+
+    def _fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return fd
+
+    def _append(self, path: Path, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        data = line.encode("utf-8", errors="surrogateescape")
+        fd = self._fd(path)
+        written = os.write(fd, data)
+        while written < len(data):  # a short write (full disk, signals) must not tear a record
+            written += os.write(fd, data[written:])
+        if self.fsync:
+            os.fsync(fd)
+
+    def write(self, result: SampleResult, mode: str) -> None:
+        """Append a finished sample to the output, or a failed one to the failure file."""
+        if result.ok:
+            self._append(self.output, result_record(result, self.config_hash, mode))
+        else:
+            self._append(self.failed_path, failure_record(result, self.config_hash, mode))
+
+    def write_bad_line(self, bad: BadLine) -> None:
+        self._append(
+            self.failed_path,
+            {
+                "id": f"{bad.path.name}:{bad.line_no}",
+                "failure": f"bad_input: {bad.error}",
+                "raw": bad.raw,
+                "config_hash": self.config_hash,
+            },
+        )
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> OutputStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,63 @@
+"""The one error tree of tessy.
+
+Every error tessy raises on purpose is a :class:`TessyError`; backends translate client
+exceptions at their edge into :class:`BackendError`, so callers never need to know which HTTP
+or model library sits underneath. Messages say what went wrong *and* what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BoundaryError",
+    "ConfigError",
+    "DataError",
+    "FormatError",
+    "MissingDependencyError",
+    "TessyError",
+]
+
+
+class TessyError(Exception):
+    """Base class of every error tessy raises on purpose."""
+
+
+class ConfigError(TessyError):
+    """The configuration is invalid or inconsistent."""
+
+
+class DataError(TessyError):
+    """Input or output data cannot be read, written or resumed."""
+
+
+class FormatError(TessyError):
+    """A chat format cannot render a prompt or parse a response."""
+
+
+class BoundaryError(TessyError):
+    """A boundary predictor failed or returned an impossible cut."""
+
+
+class BackendError(TessyError):
+    """A generation request failed.
+
+    ``retryable`` tells the engine whether trying the same request again may succeed
+    (a connection reset, a 5xx, a 429) or not (a 4xx that names a bad request).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True, status: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+
+
+class MissingDependencyError(TessyError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the '{package}' package, which is not installed. "
+            f"Install it with: pip install 'tessy[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra

@@ -1,0 +1,113 @@
+"""Value types that flow through tessy: samples in, spans and results out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "Message",
+    "Phase",
+    "Sample",
+    "SampleResult",
+    "SampleStats",
+    "Source",
+    "Span",
+]
+
+Source = Literal["teacher", "student"]
+Phase = Literal["think", "answer"]
+Message = dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A maximal run of text written by one role in one phase."""
+
+    source: Source
+    phase: Phase
+    text: str
+    tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "phase": self.phase, "text": self.text, "tokens": self.tokens}
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One prompt to synthesise a response for.
+
+    ``messages`` is the conversation up to (and including) the user turn to answer;
+    ``fields`` are the other input fields, kept in the output record.
+    """
+
+    id: str
+    messages: list[Message]
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_prompt(cls, id: str, prompt: str, **fields: Any) -> Sample:
+        return cls(id=id, messages=[{"role": "user", "content": prompt}], fields=dict(fields))
+
+
+@dataclass(slots=True)
+class SampleStats:
+    """Per-sample counters. Token counts are in each role's own tokenizer."""
+
+    teacher_tokens: int = 0
+    student_tokens: int = 0
+    switches: int = 0
+    requests: int = 0
+    failed_requests: int = 0
+    discarded_tokens: int = 0
+    think_tokens: int = 0
+    answer_tokens: int = 0
+    guards: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.teacher_tokens + self.student_tokens
+
+    @property
+    def teacher_share(self) -> float:
+        total = self.total_tokens
+        return self.teacher_tokens / total if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "teacher_tokens": self.teacher_tokens,
+            "student_tokens": self.student_tokens,
+            "switches": self.switches,
+            "requests": self.requests,
+            "failed_requests": self.failed_requests,
+            "discarded_tokens": self.discarded_tokens,
+            "think_tokens": self.think_tokens,
+            "answer_tokens": self.answer_tokens,
+            "teacher_share": round(self.teacher_share, 4),
+            "guards": list(self.guards),
+            "wall_s": round(self.wall_s, 3),
+        }
+
+
+@dataclass(slots=True)
+class SampleResult:
+    """What the engine made of one sample: a response, or a failure with its reason."""
+
+    sample: Sample
+    spans: list[Span]
+    stats: SampleStats
+    response: str | None
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @property
+    def thinking(self) -> str:
+        return "".join(s.text for s in self.spans if s.phase == "think")
+
+    @property
+    def answer(self) -> str:
+        return "".join(s.text for s in self.spans if s.phase == "answer")

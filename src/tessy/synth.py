@@ -1,0 +1,247 @@
+"""A whole synthesis run: prompts in, records out, resumable, with a summary at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backends import SamplingParams, create_backend
+from .boundary import create_predictor
+from .config import RoleConfig, SynthConfig
+from .data import BadLine, OutputStore, read_prompts
+from .engine import Engine, Limits, RepetitionGuard, Role
+from .errors import ConfigError
+from .formats import get_format
+from .records import Sample, SampleResult, Source
+
+__all__ = ["RunSummary", "asynthesize", "build_engine", "build_role", "count_prompts", "synthesize"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    """Counters of a run, updated as it goes (progress callbacks receive it)."""
+
+    config_hash: str = ""
+    output: Path | None = None
+    failed_path: Path | None = None
+    total: int | None = None
+    written: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    skipped_done: int = 0
+    skipped_failed: int = 0
+    bad_lines: int = 0
+    teacher_tokens: int = 0
+    student_tokens: int = 0
+    switches: int = 0
+    requests: int = 0
+    discarded_tokens: int = 0
+    guards: Counter[str] = field(default_factory=Counter)
+    wall_s: float = 0.0
+
+    @property
+    def n_failed(self) -> int:
+        return sum(self.failed.values())
+
+    @property
+    def processed(self) -> int:
+        """Inputs dealt with so far: written, failed, skipped or malformed."""
+        return self.written + self.n_failed + self.skipped_done + self.skipped_failed + self.bad_lines
+
+    @property
+    def teacher_share(self) -> float:
+        total = self.teacher_tokens + self.student_tokens
+        return self.teacher_tokens / total if total else 0.0
+
+    @property
+    def switches_per_sample(self) -> float:
+        return self.switches / self.written if self.written else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return (self.teacher_tokens + self.student_tokens) / self.wall_s if self.wall_s else 0.0
+
+    def add(self, result: SampleResult) -> None:
+        if result.ok:
+            self.written += 1
+            self.teacher_tokens += result.stats.teacher_tokens
+            self.student_tokens += result.stats.student_tokens
+            self.switches += result.stats.switches
+        else:
+            self.failed[(result.failure or "unknown").split(":", 1)[0]] += 1
+        self.requests += result.stats.requests
+        self.discarded_tokens += result.stats.discarded_tokens
+        self.guards.update(result.stats.guards)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config_hash": self.config_hash,
+            "output": str(self.output) if self.output else None,
+            "written": self.written,
+            "failed": dict(self.failed),
+            "skipped_done": self.skipped_done,
+            "skipped_failed": self.skipped_failed,
+            "bad_lines": self.bad_lines,
+            "teacher_tokens": self.teacher_tokens,
+            "student_tokens": self.student_tokens,
+            "teacher_share": round(self.teacher_share, 4),
+            "switches_per_sample": round(self.switches_per_sample, 3),
+            "requests": self.requests,
+            "discarded_tokens": self.discarded_tokens,
+            "guards": dict(self.guards),
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "wall_s": round(self.wall_s, 3),
+        }
+
+
+def build_role(name: Source, config: RoleConfig) -> Role:
+    """A ready :class:`Role` from its config (backend, format and predictor)."""
+    return Role(
+        name=name,
+        backend=create_backend(config),
+        format=get_format(config.format, system_prompt=config.system_prompt),
+        predictor=create_predictor(config.predictor),
+        chunk_tokens=config.chunk_tokens,
+        sampling=_sampling(config),
+    )
+
+
+def _sampling(config: RoleConfig) -> SamplingParams:
+    s = config.sampling
+    return SamplingParams(
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        min_p=s.min_p,
+        repetition_penalty=s.repetition_penalty,
+        seed=s.seed,
+    )
+
+
+def build_engine(config: SynthConfig) -> Engine:
+    g = config.guards
+    limits = Limits(
+        max_total_tokens=g.max_total_tokens,
+        max_thinking_tokens=g.max_thinking_tokens,
+        max_request_failures=g.max_request_failures,
+        word_completion_tokens=g.word_completion_tokens,
+        repetition=RepetitionGuard(g.repetition_min_tokens, g.repetition_max_period, g.repetition_min_repeats)
+        if g.repetition
+        else None,
+    )
+    try:
+        return Engine(
+            build_role("teacher", config.teacher),
+            build_role("student", config.student),
+            mode=config.mode,
+            limits=limits,
+            streaming=config.streaming,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def count_prompts(path: Path, limit: int | None = None) -> int:
+    """Non-blank lines of an input file (for progress totals), capped at ``limit``."""
+    n = 0
+    with path.open("rb") as f:
+        for line in f:
+            if line.strip():
+                n += 1
+                if limit is not None and n >= limit:
+                    break
+    return n
+
+
+async def asynthesize(
+    config: SynthConfig,
+    *,
+    engine: Engine | None = None,
+    progress: Callable[[RunSummary], None] | None = None,
+) -> RunSummary:
+    """Run a synthesis as the config says; resumes into an existing output.
+
+    ``engine`` replaces the one built from the config (to run with hand-made backends); the
+    caller keeps it and closes it.
+    ``progress`` is called with the running summary after every sample.
+    """
+    data = config.data
+    input_path, output_path = data.input, data.output
+    if input_path is None or output_path is None:
+        raise ConfigError("say where prompts come from and where records go: set data.input and data.output")
+    if not input_path.exists():
+        raise ConfigError(f"the input file {input_path} does not exist")
+    config_hash = config.config_hash()
+    mode = config.mode.value
+    summary = RunSummary(config_hash=config_hash, output=output_path)
+    started = time.perf_counter()
+    store = OutputStore.open(
+        output_path,
+        config=config.dump(),
+        config_hash=config_hash,
+        allow_config_change=data.allow_config_change,
+        fsync=data.fsync,
+    )
+    summary.failed_path = store.failed_path
+    if progress is not None:
+        summary.total = count_prompts(input_path, config.limit)
+    owned = engine is None
+    engine = engine or build_engine(config)
+
+    def samples() -> Iterator[Sample]:
+        seen = 0
+        prompts = read_prompts(input_path, prompt_field=data.prompt_field, id_field=data.id_field, strict=data.strict)
+        for item in prompts:
+            if config.limit is not None and seen >= config.limit:
+                return
+            seen += 1
+            if isinstance(item, BadLine):
+                summary.bad_lines += 1
+                if f"{item.path.name}:{item.line_no}" not in store.failed_ids:
+                    store.write_bad_line(item)
+            elif item.id in store.done_ids:
+                summary.skipped_done += 1
+            elif item.id in store.failed_ids and not data.retry_failed:
+                summary.skipped_failed += 1
+            else:
+                yield item
+                continue
+            if progress is not None:
+                progress(summary)
+
+    try:
+        async for result in engine.run(samples(), max_in_flight=config.max_in_flight):
+            store.write(result, mode)
+            summary.add(result)
+            summary.wall_s = time.perf_counter() - started
+            if progress is not None:
+                progress(summary)
+    finally:
+        store.close()
+        if owned:
+            await close_engine(engine)
+        summary.wall_s = time.perf_counter() - started
+    logger.info("run finished: %s", summary.to_dict())
+    return summary
+
+
+async def close_engine(engine: Engine) -> None:
+    """Close every backend and predictor the engine's roles hold (each once)."""
+    closed: set[int] = set()
+    for role in engine.roles.values():
+        for thing in (role.backend, role.predictor):
+            if id(thing) not in closed:
+                closed.add(id(thing))
+                await thing.aclose()
+
+
+def synthesize(config: SynthConfig, **kwargs: Any) -> RunSummary:
+    """The synchronous wrapper of :func:`asynthesize`, for scripts."""
+    return asyncio.run(asynthesize(config, **kwargs))

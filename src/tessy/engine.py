@@ -462,7 +462,8 @@ class _SampleRun:
                             streamed.append(p)
                         hit = fmt.find_think_end(look + "".join(delta.pieces)) if marker_len else None
                         if hit is not None:
-                            pieces, after = _trim_at(pieces, start - len(look) + hit[0])
+                            offset = start - len(look)
+                            pieces, after = _trim_at(pieces, offset + hit[0], offset + hit[1])
                             ended = True
                     finish = delta.finish_reason or finish
                     if delta.finish_reason == "stop":
@@ -611,24 +612,26 @@ def _thinking_part(fmt: Format, gen: Generation) -> tuple[list[str], bool, int]:
     pieces = gen.pieces
     hit = fmt.find_think_end(gen.text) if fmt.think_stop else None
     if hit is not None:
-        kept, after = _trim_at(pieces, hit[0])
+        kept, after = _trim_at(pieces, hit[0], hit[1])
         return kept, True, after
     return list(pieces), gen.finish_reason == "stop", 0
 
 
-def _trim_at(pieces: Sequence[str], char_index: int) -> tuple[list[str], int]:
-    """Pieces cut at a character index, and how many whole pieces lay after the marker's piece."""
+def _trim_at(pieces: Sequence[str], start: int, end: int) -> tuple[list[str], int]:
+    """The pieces before character ``start`` (where a marker begins), and how many pieces lie
+    wholly after character ``end`` (where it ends): those were generated for nothing."""
     kept: list[str] = []
     pos = 0
-    for i, piece in enumerate(pieces):
-        if pos + len(piece) > char_index:
-            head = piece[: char_index - pos]
-            if head:
-                kept.append(head)
-            return kept, len(pieces) - i - 1
-        kept.append(piece)
+    after = 0
+    for piece in pieces:
+        if pos + len(piece) <= start:
+            kept.append(piece)
+        elif pos < start:
+            kept.append(piece[: start - pos])
+        elif pos >= end:
+            after += 1
         pos += len(piece)
-    return kept, 0
+    return kept, after
 
 
 def _word_end(pieces: Sequence[str], cut: int) -> int | None:

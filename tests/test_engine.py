@@ -221,7 +221,7 @@ class TestModes:
             # One role thinks alone: one request for the whole thinking, no switches.
             assert result.stats.switches == 0
             thinker = student if mode.thinker == "student" else teacher
-            assert [r.phase for r in thinker.requests][0] == "think"
+            assert thinker.requests[0].phase == "think"
             assert thinker.requests[0].max_tokens == Limits().max_thinking_tokens
 
     def test_modes_list_the_roles_they_use(self):

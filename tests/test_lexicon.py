@@ -118,11 +118,11 @@ def test_lookahead_covers_the_longest_phrase():
 
 
 def test_context_is_read_only_at_its_tail(lex):
-    class Spy(TextView):
-        asked: list[int] = []
+    asked: list[int] = []
 
+    class Spy(TextView):
         def tail(self, n_chars: int) -> str:
-            Spy.asked.append(n_chars)
+            asked.append(n_chars)
             return super().tail(n_chars)
 
         @property
@@ -132,4 +132,4 @@ def test_context_is_read_only_at_its_tail(lex):
     base = TextView.of("word " * 10_000)
     spy = Spy(base._buffer, base._n_parts, len(base))
     lex.token_types(spy, toks(" so| x"))
-    assert Spy.asked and max(Spy.asked) <= lex.context_chars
+    assert asked and max(asked) <= lex.context_chars

@@ -110,6 +110,8 @@ class RepetitionGuard:
     min_tokens: int = 128
     max_period: int = 256
     min_repeats: int = 3
+    #: Look again only after this many new tokens (a loop is caught a little later, for much less work).
+    check_every: int = 32
 
     @property
     def window(self) -> int:
@@ -323,6 +325,7 @@ class _SampleRun:
         self.contexts: dict[Source, _RoleContext] = {}
         guard = self.limits.repetition
         self.recent: deque[str] | None = deque(maxlen=guard.window) if guard else None
+        self.unchecked = 0  # tokens kept since the repetition guard last looked
 
     # -- top level ---------------------------------------------------------------------
 
@@ -538,8 +541,11 @@ class _SampleRun:
         guard = self.limits.repetition
         if guard is not None and self.recent is not None:
             self.recent.extend(pieces)
-            if guard.is_degenerate(self.recent):
-                raise _Failed(f"repetition: degenerate repetition in the {role.name}'s text")
+            self.unchecked += n
+            if self.unchecked >= guard.check_every:
+                self.unchecked = 0
+                if guard.is_degenerate(tuple(self.recent)):
+                    raise _Failed(f"repetition: degenerate repetition in the {role.name}'s text")
 
     # -- answer ------------------------------------------------------------------------
 

@@ -35,5 +35,6 @@ def create_backend(config: RoleConfig) -> Backend:
             list(config.answers),
             latency_s=config.latency_s,
             max_concurrency=config.max_concurrency,
+            record=False,
         )
     raise ConfigError(f"unknown backend {config.backend!r}")

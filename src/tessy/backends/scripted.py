@@ -22,6 +22,8 @@ __all__ = ["Continuation", "ScriptedBackend"]
 #: A scripted continuation: text (split by the tokenizer), explicit token strings, or an error to raise.
 Continuation = str | Sequence[str] | BaseException
 Responder = Callable[[GenerateRequest], Continuation]
+#: Samples whose cursor a cycling fake remembers at most.
+_MAX_TRACKED = 8192
 
 
 class ScriptedBackend(Backend):
@@ -73,7 +75,7 @@ class ScriptedBackend(Backend):
         it returned last time (nothing was cut), it carries on from the cursor, as a model would;
         otherwise it starts afresh at the response after the one its last request began in. Only a stop string (``</think>`` in a
         response) ends a thinking request early. The first response of a sample is chosen by a
-        stable hash of its id. Answer requests get one of ``answers``, which end like a turn does.
+        stable hash of its id. An answer request gets one of ``answers``, which ends like a turn does.
         """
         if not responses:
             raise ValueError("cycling() needs at least one response")
@@ -84,17 +86,17 @@ class ScriptedBackend(Backend):
         # Per sample: (response index, piece index within it, text returned last time, and the
         # response that text began in).
         cursors: dict[str, tuple[int, int, str, int]] = {}
-        answered: dict[str, int] = {}
 
         def start(sample_id: str, n: int) -> int:
             return int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:4], "big") % n
 
         def respond(request: GenerateRequest) -> Continuation:
             sid = request.sample_id
-            if request.phase == "answer" and split_answers:
-                i = answered.get(sid, start(sid, len(split_answers)))
-                answered[sid] = i + 1
-                return split_answers[i % len(split_answers)]
+            if request.phase == "answer":
+                # The sample's thinking is over: forget its cursor (memory stays flat on long runs).
+                cursors.pop(sid, None)
+                if split_answers:
+                    return split_answers[start(sid, len(split_answers))]
             cursor = cursors.get(sid)
             if cursor is None:
                 r, p = start(sid, len(split)), 0
@@ -113,7 +115,10 @@ class ScriptedBackend(Backend):
                     r, p = r + 1, 0
             # The request returns max_tokens pieces (one more only signals "length").
             r, p = _back_one(split, r, p)
+            cursors.pop(sid, None)  # re-insert at the end: the dict stays in order of last use
             cursors[sid] = (r, p, "".join(pieces[: request.max_tokens]), began)
+            if len(cursors) > _MAX_TRACKED:  # forget the sample unused for longest (long done)
+                del cursors[next(iter(cursors))]
             return pieces
 
         return cls(responder=respond, **kwargs)  # type: ignore[arg-type]

@@ -66,6 +66,9 @@ DEFAULT_PHRASES: tuple[str, ...] = (
 )
 
 _CONTEXT_CHARS = 96
+_SPACE = re.compile(r"\s")
+_ALNUM = re.compile(r"[^\W_]")
+_LAST_ALNUM = re.compile(r"[^\W_](?=[\W_]*\Z)")
 
 
 def read_phrases(path: Path) -> list[str]:
@@ -118,32 +121,31 @@ class LexiconPredictor(NextTokenTypePredictor):
         tail = context.tail(_CONTEXT_CHARS)
         if len(tail) == _CONTEXT_CHARS:
             # Drop a word cut in half by the window, so it cannot match as a whole word.
-            space = re.search(r"\s", tail)
+            space = _SPACE.search(tail)
             tail = tail[space.start() :] if space else ""
         text = tail + "".join(pieces)
         matches = [m.span() for m in self._pattern.finditer(text)]
-
-        def is_style(start: int, end: int) -> bool:
-            return any(s < end and start < e for s, e in matches)
+        n_matches = len(matches)
 
         # The type before the chunk: that of the last letter or digit of the context.
         prev = TokenType.CAPABILITY
-        for i in range(len(tail) - 1, -1, -1):
-            if tail[i].isalnum():
-                prev = TokenType.STYLE if is_style(i, i + 1) else TokenType.CAPABILITY
-                break
+        last = _LAST_ALNUM.search(tail)
+        if last is not None:
+            i = last.start()
+            if any(s <= i < e for s, e in matches):
+                prev = TokenType.STYLE
 
         types: list[TokenType] = []
         pos = len(tail)
         m = 0  # first match that may still overlap the current piece
         for piece in pieces:
-            start, end = pos, pos + len(piece)
-            pos = end
-            if any(c.isalnum() for c in piece):
-                core = start + (len(piece) - len(piece.lstrip()))
-                while m < len(matches) and matches[m][1] <= core:
+            start = pos
+            pos += len(piece)
+            word = _ALNUM.search(piece)
+            if word is not None:
+                core = start + word.start()
+                while m < n_matches and matches[m][1] <= core:
                     m += 1
-                style = m < len(matches) and matches[m][0] < end
-                prev = TokenType.STYLE if style else TokenType.CAPABILITY
+                prev = TokenType.STYLE if m < n_matches and matches[m][0] < pos else TokenType.CAPABILITY
             types.append(prev)
         return types

@@ -61,6 +61,13 @@ def summary_table(summary: RunSummary, title: str = "tessy run") -> Table:
     return table
 
 
+def _print_table(table: Table) -> None:
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=200)  # a pipe or a log: do not squeeze rows into 80 columns
+    out.print(table)
+
+
 def _synth(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     # Paths given as options are relative to the current directory, not to the config file.
@@ -88,7 +95,7 @@ def _synth(args: argparse.Namespace) -> int:
             bar.update(task, total=s.total, completed=s.processed, share=f"{s.teacher_share:.0%}", failed=s.n_failed)
 
         summary = asyncio.run(asynthesize(config, progress=on_progress))
-    Console().print(summary_table(summary))
+    _print_table(summary_table(summary))
     return EXIT_OK
 
 

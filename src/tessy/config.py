@@ -7,6 +7,7 @@ be resumed with other paths or concurrency but not with another model, mode or b
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -240,7 +241,7 @@ def load_config(
             raise ConfigError(f"{path} must hold a mapping of settings, not {type(loaded).__name__}")
         data = loaded
         base_dir = path.resolve().parent
-    data = apply_overrides(dict(data or {}), overrides or [])
+    data = apply_overrides(copy.deepcopy(data or {}), overrides or [])
     return validate_config(data, base_dir=base_dir, source=str(path) if path else "the config")
 
 

@@ -109,22 +109,29 @@ def read_prompts(
     path: Path, *, prompt_field: str | None = None, id_field: str = "id", strict: bool = False
 ) -> Iterator[Sample | BadLine]:
     """Samples from a JSONL file, lazily; malformed lines come as :class:`BadLine` (or raise if strict)."""
+    if path.is_dir():
+        raise DataError(f"the input {path} is a folder; give a JSONL file")
     try:
-        handle = path.open("r", encoding="utf-8", errors="surrogateescape")
+        handle = path.open("rb")
     except OSError as exc:
         raise DataError(f"cannot read the input {path}: {exc}") from exc
     with handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
+            line = raw.decode("utf-8", errors="replace")
             try:
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ValueError(f"not valid UTF-8 (byte {exc.start})") from None
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
                 yield parse_prompt(obj, prompt_field=prompt_field, id_field=id_field)
             except ValueError as exc:
-                bad = BadLine(path, line_no, str(exc), line.rstrip("\n"))
+                bad = BadLine(path, line_no, str(exc), line.rstrip("\r\n"))
                 if strict:
                     raise DataError(f"{bad} (data.strict is on; turn it off to record such lines and go on)") from None
                 logger.error("skipping malformed input line %s", bad)
@@ -174,40 +181,43 @@ _HASH_SUFFIX = re.compile(r'"config_hash":\s*"([^"]*)"\}\s*$')
 
 
 def _scan(path: Path, *, repair: bool) -> tuple[set[str], set[str]]:
-    """Ids and config hashes of the records in ``path``; cut off a torn last line if ``repair``."""
+    """Ids and config hashes of the records in ``path``.
+
+    A torn *last* line (a record cut short by a crash) is cut off when ``repair`` is on, so
+    its sample runs again. A damaged line elsewhere is left as it is, with a warning: the
+    records after it are good and must not be lost.
+    """
     ids: set[str] = set()
     hashes: set[str] = set()
     if not path.exists():
         return ids, hashes
-    good_end = 0
+    if path.is_dir():
+        raise DataError(f"the output {path} is a folder; give a file name")
+    good_end = 0  # byte offset just after the last good line
     torn: str | None = None
+    damaged: list[int] = []
     with path.open("rb") as f:
-        for raw in f:
-            line = raw.decode("utf-8", errors="surrogateescape")
-            if not line.endswith("\n"):
-                torn = "no newline at the end"
-                break
+        for line_no, raw in enumerate(f, start=1):
+            if torn is not None:  # the damaged line was not the last one
+                damaged.append(line_no - 1)
+                torn = None
+            line = raw.decode("utf-8", errors="replace")
             if not line.strip():
                 good_end += len(raw)
                 continue
-            m, h = _ID_PREFIX.match(line), _HASH_SUFFIX.search(line)
-            if m is None or h is None:
-                # Not one of our fast-path lines: decode it fully.
-                try:
-                    obj = json.loads(line)
-                    rid, rhash = str(obj["id"]), str(obj.get("config_hash", ""))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    torn = "not a complete JSON record"
-                    break
-            else:
-                rid, rhash = json.loads(m.group(1)), h.group(1)
-            ids.add(rid)
-            hashes.add(rhash)
+            record = _ids_of(line) if line.endswith("\n") else None
+            if record is None:
+                torn = "no newline at the end" if not line.endswith("\n") else "not a complete JSON record"
+                continue
+            ids.add(record[0])
+            hashes.add(record[1])
             good_end += len(raw)
+    for line_no in damaged:
+        logger.warning("%s: line %d is damaged; it is left as it is and its sample will run again", path, line_no)
     if torn is not None:
         size = path.stat().st_size
         if not repair:
-            raise DataError(f"{path} has a damaged record at byte {good_end} ({torn})")
+            raise DataError(f"{path} has a damaged last record at byte {good_end} ({torn})")
         logger.warning(
             "%s: cutting off a damaged last record (%d bytes, %s) left by an interrupted run; "
             "its sample will run again",
@@ -218,6 +228,19 @@ def _scan(path: Path, *, repair: bool) -> tuple[set[str], set[str]]:
         with path.open("r+b") as f:
             f.truncate(good_end)
     return ids, hashes
+
+
+def _ids_of(line: str) -> tuple[str, str] | None:
+    """``(id, config_hash)`` of a record line, or ``None`` if it is not a whole record."""
+    m, h = _ID_PREFIX.match(line), _HASH_SUFFIX.search(line)
+    if m is not None and h is not None:
+        return json.loads(m.group(1)), h.group(1)
+    # Not one of our fast-path lines: decode it fully.
+    try:
+        obj = json.loads(line)
+        return str(obj["id"]), str(obj.get("config_hash", ""))
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
 
 
 class OutputStore:
@@ -271,8 +294,12 @@ class OutputStore:
         return fd
 
     def _append(self, path: Path, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        data = line.encode("utf-8", errors="surrogateescape")
+        try:
+            data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        except UnicodeEncodeError:
+            # Text with lone surrogates (valid in JSON input as "\ud800") cannot be UTF-8:
+            # write this record with ASCII escapes, which any JSON reader turns back.
+            data = (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
         fd = self._fd(path)
         written = os.write(fd, data)
         while written < len(data):  # a short write (full disk, signals) must not tear a record

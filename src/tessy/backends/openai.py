@@ -1,0 +1,363 @@
+"""An OpenAI-compatible ``/v1/completions`` backend for vLLM, SGLang and llama.cpp servers.
+
+Raw completions (not chat) are used on purpose: the engine continues a partial assistant turn
+in the middle of its thinking, which chat endpoints and their templates do not allow.
+
+What each server offers (declared by the ``server`` setting, never probed):
+
+=========== ================= ======================= ==========================================
+server      token-id prompts  generated token ids     per-token text
+=========== ================= ======================= ==========================================
+vllm        yes               yes (return_token_ids)  ``logprobs.tokens``; one token per stream chunk
+sglang      yes               yes (return_token_ids)  ``logprobs.tokens``; one token per stream chunk
+llamacpp    yes               no (native API only)    ``logprobs.content[].token``; one token per chunk
+openai      no                no                      ``logprobs.tokens``
+=========== ================= ======================= ==========================================
+
+Requests of one sample stick to one replica (prefix caches hit); failures are retried with
+exponential backoff and full jitter (connection errors, timeouts, 5xx, 429, empty completions)
+and fail over to another replica. A 4xx that names a bad request fails at once with the
+server's message. The API key is read from an environment variable and never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+import logging
+import os
+import random
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, Literal
+
+import httpx
+
+from ..errors import BackendError, ConfigError
+from ..tokenizers import FakeTokenizer, Tokenizer
+from .base import Backend, FinishReason, GenerateRequest, Generation, StreamDelta
+from .pool import Endpoint, EndpointPool
+
+__all__ = ["OpenAICompletionsBackend", "ServerKind"]
+
+logger = logging.getLogger(__name__)
+
+ServerKind = Literal["vllm", "sglang", "llamacpp", "openai"]
+_WORDS = FakeTokenizer()  # splits text into word-level pieces when a server gives no per-token text
+
+
+class _Retry(Exception):
+    """A failure worth another try (on this or another replica)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class OpenAICompletionsBackend(Backend):
+    """Generates through ``POST {endpoint}/completions`` on one or more replicas."""
+
+    supports_streaming = True
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        endpoints: Sequence[str],
+        server: ServerKind = "vllm",
+        api_key_env: str | None = None,
+        max_concurrency: int = 64,
+        timeout_s: float = 300.0,
+        connect_timeout_s: float = 10.0,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        logprobs: bool = True,
+        extra_body: dict[str, Any] | None = None,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        super().__init__(max_concurrency=max_concurrency * max(1, len(endpoints)))
+        self.model = model
+        self.server = server
+        self.accepts_token_ids = server != "openai"
+        self.returns_token_ids = server in ("vllm", "sglang")
+        self.pool = EndpointPool(endpoints, max_concurrency=max_concurrency)
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.logprobs = logprobs
+        self.extra_body = dict(extra_body or {})
+        #: Splits text into pieces when the server gives no per-token text (else words).
+        self.tokenizer = tokenizer
+        self._headers = {"Content-Type": "application/json"}
+        if api_key_env:
+            key = os.environ.get(api_key_env)
+            if not key:
+                raise ConfigError(f"the API key variable {api_key_env} is not set in the environment")
+            self._headers["Authorization"] = f"Bearer {key}"
+        self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._client: httpx.AsyncClient | None = None
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            limits = httpx.Limits(
+                max_connections=self.max_concurrency + 8, max_keepalive_connections=self.max_concurrency
+            )
+            self._client = httpx.AsyncClient(timeout=self._timeout, limits=limits, headers=self._headers)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _body(self, request: GenerateRequest, stream: bool) -> dict[str, Any]:
+        s = request.sampling
+        ids = request.prompt.token_ids
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": list(ids) if ids is not None and self.accepts_token_ids else request.prompt.text,
+            "max_tokens": request.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "stream": stream,
+        }
+        if self.server != "openai":
+            body["top_k"] = s.top_k
+            if s.min_p is not None:
+                body["min_p"] = s.min_p
+            if s.repetition_penalty is not None:
+                body["repetition_penalty"] = s.repetition_penalty
+        if s.seed is not None:
+            body["seed"] = s.seed
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if self.logprobs and not stream:
+            body["logprobs"] = 1
+        if self.returns_token_ids:
+            body["return_token_ids"] = True
+        if self.server == "vllm":
+            # The prompt is fully rendered (special tokens included): never add a second BOS.
+            body["add_special_tokens"] = False
+        if stream and self.server != "llamacpp":
+            body["stream_options"] = {"include_usage": True}
+        body.update(self.extra_body)
+        return body
+
+    def _key(self, request: GenerateRequest) -> str:
+        return f"{request.sample_id}|{request.role}"
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_backoff_s)
+        return random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2**attempt))
+
+    async def _with_retries(self, request: GenerateRequest, once: Any) -> Any:
+        """Call ``once(endpoint)`` until it succeeds, failing over between replicas."""
+        tried: set[str] = set()
+        last = "no attempt made"
+        for attempt in range(self.max_retries + 1):
+            ep = self.pool.choose(self._key(request), avoid=tried)
+            tried.add(ep.url)
+            try:
+                async with ep.slots:
+                    ep.requests += 1
+                    result = await once(ep)
+                self.pool.succeeded(ep)
+                return result
+            except _Retry as exc:
+                last = str(exc)
+                retry_after = exc.retry_after
+            except httpx.TimeoutException as exc:
+                last, retry_after = f"timed out ({type(exc).__name__})", None
+            except httpx.TransportError as exc:
+                last, retry_after = f"{type(exc).__name__}: {exc}", None
+            self.pool.failed(ep)
+            if attempt < self.max_retries:
+                delay = self._delay(attempt, retry_after)
+                logger.debug("request to %s failed (%s); trying again in %.2f s", ep.url, last, delay)
+                await asyncio.sleep(delay)
+        raise BackendError(f"{self.model}: {self.max_retries + 1} attempts failed, the last: {last}", retryable=True)
+
+    @staticmethod
+    def _check_status(ep: Endpoint, response: httpx.Response, body: bytes) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        message = _error_message(body) or response.reason_phrase
+        if status == 429 or status >= 500 or status == 408:
+            retry_after = _retry_after(response.headers.get("retry-after"))
+            raise _Retry(f"HTTP {status} from {ep.url}: {message}", retry_after=retry_after)
+        raise BackendError(f"HTTP {status} from {ep.url}: {message}", retryable=False, status=status)
+
+    # -- generate ------------------------------------------------------------------------
+
+    async def generate(self, request: GenerateRequest) -> Generation:
+        body = self._body(request, stream=False)
+
+        async def once(ep: Endpoint) -> Generation:
+            response = await self.client.post(f"{ep.url}/completions", json=body)
+            raw = await response.aread()
+            self._check_status(ep, response, raw)
+            try:
+                data = json.loads(raw)
+                choice = data["choices"][0]
+                text = choice["text"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise _Retry(f"malformed response from {ep.url}: {raw[:200]!r}") from None
+            if not isinstance(text, str):
+                raise _Retry(f"malformed response from {ep.url}: the text is not a string")
+            finish = _finish(choice.get("finish_reason"))
+            if not text and finish == "length":
+                raise _Retry(f"empty completion from {ep.url}")
+            pieces = _align(text, _token_strings(choice.get("logprobs")), self.tokenizer)
+            ids = choice.get("token_ids")
+            if not (isinstance(ids, list) and len(ids) == len(pieces)):
+                ids = None
+            usage = data.get("usage") or {}
+            details = usage.get("prompt_tokens_details") or {}
+            stop_reason = choice.get("stop_reason")
+            return Generation(
+                pieces=pieces,
+                finish_reason=finish,
+                token_ids=ids,
+                stop_reason=stop_reason if isinstance(stop_reason, str) else None,
+                prompt_tokens=usage.get("prompt_tokens"),
+                cached_tokens=details.get("cached_tokens"),
+            )
+
+        result: Generation = await self._with_retries(request, once)
+        return result
+
+    # -- stream --------------------------------------------------------------------------
+
+    async def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamDelta, None]:
+        body = self._body(request, stream=True)
+        headers = {"Connection": "close"} if self.server == "llamacpp" else None
+
+        async def once(ep: Endpoint) -> httpx.Response:
+            req = self.client.build_request("POST", f"{ep.url}/completions", json=body, headers=headers)
+            response = await self.client.send(req, stream=True)
+            if response.status_code >= 400:
+                raw = await response.aread()
+                await response.aclose()
+                self._check_status(ep, response, raw)
+            return response
+
+        # Retries and failover happen only before the first token; a stream that breaks later
+        # raises, and the engine redoes the whole step.
+        response: httpx.Response = await self._with_retries(request, once)
+        got_any = False
+        try:
+            async for delta in _sse_deltas(response):
+                got_any = got_any or bool(delta.pieces)
+                yield delta
+                if delta.finish_reason is not None:
+                    return
+            raise BackendError(f"{self.model}: the stream ended before the completion did", retryable=True)
+        except httpx.TransportError as exc:
+            where = "in the middle of" if got_any else "at the start of"
+            raise BackendError(f"{self.model}: connection lost {where} a stream ({exc})", retryable=True) from exc
+        finally:
+            # Closing the response closes the connection, and the server aborts the request.
+            await response.aclose()
+
+
+async def _sse_deltas(response: httpx.Response) -> AsyncGenerator[StreamDelta, None]:
+    """Deltas from an OpenAI-style SSE stream (``data: {...}`` events, then ``data: [DONE]``).
+
+    The event that carries ``finish_reason`` ends the stream (a usage-only event may follow).
+    """
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return
+        try:
+            event = json.loads(payload)
+            choices = event.get("choices") or []
+        except (ValueError, AttributeError):
+            raise BackendError(f"malformed stream event: {payload[:200]!r}", retryable=True) from None
+        for choice in choices[:1]:
+            text = choice.get("text") or ""
+            ids = choice.get("token_ids")
+            if text:
+                one_id = ids if isinstance(ids, list) and len(ids) == 1 else None
+                yield StreamDelta(pieces=[text], token_ids=one_id)
+            if choice.get("finish_reason") is not None:
+                reason = choice.get("stop_reason")
+                yield StreamDelta(
+                    pieces=[],
+                    finish_reason=_finish(choice["finish_reason"]),
+                    stop_reason=reason if isinstance(reason, str) else None,
+                )
+                return
+
+
+def _finish(value: object) -> FinishReason:
+    return "length" if value == "length" else "stop"
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:300].decode("utf-8", errors="replace").strip()
+    err = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(err, dict):
+        return str(err.get("message") or err.get("detail") or err)[:500]
+    return str(err)[:500]
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _token_strings(logprobs: object) -> list[str] | None:
+    """Per-token text from a completions ``logprobs`` object (legacy or llama.cpp form)."""
+    if not isinstance(logprobs, dict):
+        return None
+    tokens = logprobs.get("tokens")
+    if isinstance(tokens, list):
+        return [t for t in tokens if isinstance(t, str)]
+    content = logprobs.get("content")
+    if isinstance(content, list):
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        out: list[str] = []
+        for entry in content:
+            if not isinstance(entry, dict):
+                continue
+            raw = entry.get("bytes")
+            out.append(decoder.decode(bytes(raw)) if isinstance(raw, list) else str(entry.get("token", "")))
+        return out
+    return None
+
+
+def _align(text: str, tokens: list[str] | None, tokenizer: Tokenizer | None) -> list[str]:
+    """Pieces that concatenate exactly to ``text``: the server's per-token text as far as it
+    agrees with the text, then the rest split by the tokenizer (or into words)."""
+    pieces: list[str] = []
+    pos = 0
+    for tok in tokens or ():
+        if not tok:
+            continue
+        if text.startswith(tok, pos):
+            pieces.append(tok)
+            pos += len(tok)
+        elif tok.startswith(text[pos:]) and pos < len(text):
+            pieces.append(text[pos:])  # a stop string cut this token short
+            pos = len(text)
+            break
+        else:
+            break
+    if pos < len(text):
+        rest = text[pos:]
+        pieces.extend(tokenizer.pieces(rest) if tokenizer is not None else _WORDS.pieces(rest))
+    return pieces

@@ -1,0 +1,133 @@
+"""A local OpenAI-compatible server that misbehaves on cue, for fault tests.
+
+Each POST to ``/v1/completions`` takes the next behaviour from a queue (or the default):
+
+``ok`` (a valid completion), ``500``, ``429``, ``400``, ``hang`` (never answers in time),
+``reset`` (drops the connection without a response), ``empty`` (no text), ``malformed``
+(not JSON), ``midstream`` (a stream that breaks after two tokens).
+Every request body is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+WORDS = ["The", " answer", " is", " forty", "-two", " and", " that", " is", " all", "."]
+
+
+class FaultServer:
+    def __init__(self, default: str = "ok", hang_s: float = 5.0) -> None:
+        self.behaviours: deque[str] = deque()
+        self.default = default
+        self.hang_s = hang_s
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep test output quiet
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                with owner.lock:
+                    owner.requests.append({"body": body, "headers": dict(self.headers)})
+                    behaviour = owner.behaviours.popleft() if owner.behaviours else owner.default
+                owner.respond(self, behaviour, body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def queue(self, *behaviours: str) -> None:
+        with self.lock:
+            self.behaviours.extend(behaviours)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # -- responses -----------------------------------------------------------------------
+
+    def respond(self, h: BaseHTTPRequestHandler, behaviour: str, body: dict[str, Any]) -> None:
+        if behaviour == "hang":
+            time.sleep(self.hang_s)
+            return
+        if behaviour == "reset":
+            # SO_LINGER 0: closing sends a TCP reset instead of a response.
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.connection.close()
+            return
+        if behaviour in ("500", "429", "400"):
+            status = int(behaviour)
+            message = {"500": "internal error", "429": "too many requests", "400": "prompt is too long (9000 > 8192)"}
+            self._json(h, status, {"error": {"message": message[behaviour], "type": "x"}}, retry_after=(status == 429))
+            return
+        if behaviour == "malformed":
+            self._raw(h, 200, b"{this is not json", "application/json")
+            return
+        n = min(int(body.get("max_tokens", 16)), len(WORDS))
+        tokens = WORDS[:n] if behaviour != "empty" else []
+        finish = "length" if n < len(WORDS) or behaviour == "empty" else "stop"
+        if body.get("stream"):
+            self._stream(h, tokens, finish, break_after=2 if behaviour == "midstream" else None)
+            return
+        choice: dict[str, Any] = {"index": 0, "text": "".join(tokens), "finish_reason": finish}
+        if body.get("logprobs"):
+            choice["logprobs"] = {"tokens": tokens, "token_logprobs": [-0.1] * len(tokens)}
+        usage = {"prompt_tokens": 7, "completion_tokens": len(tokens), "prompt_tokens_details": {"cached_tokens": 3}}
+        self._json(h, 200, {"choices": [choice], "usage": usage})
+
+    def _raw(
+        self, h: BaseHTTPRequestHandler, status: int, data: bytes, ctype: str, extra: dict[str, str] | None = None
+    ) -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(data)))
+        for k, v in (extra or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _json(self, h: BaseHTTPRequestHandler, status: int, obj: object, retry_after: bool = False) -> None:
+        self._raw(
+            h, status, json.dumps(obj).encode(), "application/json", {"Retry-After": "0"} if retry_after else None
+        )
+
+    def _stream(self, h: BaseHTTPRequestHandler, tokens: list[str], finish: str, break_after: int | None) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        for i, tok in enumerate(tokens):
+            if break_after is not None and i == break_after:
+                h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                h.connection.close()
+                return
+            event = {"choices": [{"index": 0, "text": tok, "finish_reason": None}]}
+            h.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+            h.wfile.flush()
+        last = {"choices": [{"index": 0, "text": "", "finish_reason": finish}]}
+        h.wfile.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+        h.wfile.flush()
+
+
+def dead_url() -> str:
+    """The URL of a port nothing listens on."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}/v1"

@@ -1,0 +1,195 @@
+"""The OpenAI-compatible backend against a local server that misbehaves on cue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fault_server import FaultServer, dead_url
+
+import tessy
+from tessy import BackendError, ConfigError
+from tessy.backends import GenerateRequest, Prompt
+from tessy.backends.openai import OpenAICompletionsBackend, _align
+
+pytestmark = pytest.mark.contract
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    srv = FaultServer(hang_s=2.0)
+    yield srv
+    srv.close()
+
+
+def backend(*urls: str, **kw: object) -> OpenAICompletionsBackend:
+    options: dict[str, object] = {"model": "m", "server": "vllm", "max_retries": 3, "backoff_s": 0.0, "timeout_s": 0.5}
+    options.update(kw)
+    return OpenAICompletionsBackend(endpoints=list(urls), **options)  # type: ignore[arg-type]
+
+
+def request(sample: str = "s1", max_tokens: int = 4, stop: tuple[str, ...] = ()) -> GenerateRequest:
+    return GenerateRequest(
+        Prompt.of("<|im_start|>user\nhi<|im_end|>\n"), max_tokens, stop, sample_id=sample, role="teacher"
+    )
+
+
+async def generate(b: OpenAICompletionsBackend, req: GenerateRequest | None = None) -> tessy.Generation:
+    try:
+        return await b.generate(req or request())
+    finally:
+        await b.aclose()
+
+
+def test_request_fields_and_parsed_completion(server):
+    gen = asyncio.run(generate(backend(server.url), request(max_tokens=4, stop=("</think>",))))
+    assert gen.pieces == ["The", " answer", " is", " forty"]
+    assert (gen.finish_reason, gen.prompt_tokens, gen.cached_tokens) == ("length", 7, 3)
+    body = server.requests[0]["body"]
+    assert body["prompt"].startswith("<|im_start|>user") and body["max_tokens"] == 4
+    assert (body["temperature"], body["top_p"], body["top_k"]) == (0.7, 0.8, 20)  # the paper's defaults
+    assert body["stop"] == ["</think>"] and body["logprobs"] == 1 and body["return_token_ids"] is True
+    assert body["add_special_tokens"] is False and body["stream"] is False
+
+
+def test_token_id_prompts_are_sent_where_the_server_takes_them(server):
+    req = GenerateRequest(Prompt(Prompt.of("x").view, token_ids=[1, 2, 3]), 2)
+    asyncio.run(generate(backend(server.url), req))
+    assert server.requests[0]["body"]["prompt"] == [1, 2, 3]
+    asyncio.run(generate(backend(server.url, server="openai"), req))
+    assert server.requests[1]["body"]["prompt"] == "x"
+    assert "top_k" not in server.requests[1]["body"]
+
+
+@pytest.mark.parametrize("fault", ["500", "429", "empty", "malformed", "reset", "hang"])
+def test_retryable_faults_are_retried(server, fault):
+    server.queue(fault, fault)
+    gen = asyncio.run(generate(backend(server.url)))
+    assert gen.text == "The answer is forty"
+    assert len(server.requests) == 3
+
+
+def test_retries_run_out_with_a_reason(server):
+    server.default = "500"
+    with pytest.raises(BackendError) as err:
+        asyncio.run(generate(backend(server.url, max_retries=2)))
+    assert err.value.retryable and "3 attempts failed" in str(err.value) and "HTTP 500" in str(err.value)
+    assert len(server.requests) == 3
+
+
+def test_a_bad_request_fails_at_once_with_the_server_message(server):
+    server.queue("400")
+    with pytest.raises(BackendError) as err:
+        asyncio.run(generate(backend(server.url)))
+    assert not err.value.retryable and err.value.status == 400
+    assert "prompt is too long (9000 > 8192)" in str(err.value)
+    assert len(server.requests) == 1
+
+
+def test_a_dead_replica_fails_over_and_samples_stay_sticky(server):
+    b = backend(dead_url(), server.url)
+
+    async def go() -> list[str]:
+        try:
+            out = []
+            for sample in ("a", "b", "c", "a", "b", "c"):
+                out.append((await b.generate(request(sample))).text)
+            return out
+        finally:
+            await b.aclose()
+
+    assert asyncio.run(go()) == ["The answer is forty"] * 6
+    assert len(server.requests) == 6  # every request ended on the live replica
+
+
+def test_sticky_routing_spreads_samples_and_keeps_each_on_one_replica():
+    servers = [FaultServer(), FaultServer()]
+    try:
+        b = backend(*(s.url for s in servers))
+
+        async def go() -> None:
+            try:
+                for sample in [f"s{i}" for i in range(12)] * 2:
+                    await b.generate(request(sample))
+            finally:
+                await b.aclose()
+
+        asyncio.run(go())
+        # The prompt is the same for all; which replica saw a sample is told by request order.
+        seen = [len(s.requests) for s in servers]
+        assert sum(seen) == 24 and min(seen) >= 4  # both replicas serve
+        ranking = {f"s{i}": b.pool.ranking(f"s{i}|teacher")[0].url for i in range(12)}
+        for s in servers:
+            assert len(s.requests) == 2 * sum(1 for url in ranking.values() if url == s.url.rstrip("/"))
+    finally:
+        for s in servers:
+            s.close()
+
+
+def test_streaming_yields_tokens_and_a_broken_stream_raises(server):
+    async def collect(b: OpenAICompletionsBackend) -> list[tessy.StreamDelta]:
+        try:
+            return [d async for d in b.stream(request(max_tokens=5))]
+        finally:
+            await b.aclose()
+
+    deltas = asyncio.run(collect(backend(server.url)))
+    assert [p for d in deltas for p in d.pieces] == ["The", " answer", " is", " forty", "-two"]
+    assert deltas[-1].finish_reason == "length"
+    assert server.requests[0]["body"]["stream_options"] == {"include_usage": True}
+    server.queue("midstream")
+    with pytest.raises(BackendError, match="connection lost in the middle of a stream"):
+        asyncio.run(collect(backend(server.url)))
+
+
+def test_api_key_is_sent_and_never_logged(server, monkeypatch, caplog):
+    monkeypatch.setenv("TESSY_TEST_KEY", "sk-secret-123")
+    server.default = "500"
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(BackendError) as err:
+        asyncio.run(generate(backend(server.url, api_key_env="TESSY_TEST_KEY", max_retries=1)))
+    assert server.requests[0]["headers"]["Authorization"] == "Bearer sk-secret-123"
+    assert "sk-secret-123" not in caplog.text and "sk-secret-123" not in str(err.value)
+    monkeypatch.delenv("TESSY_TEST_KEY")
+    with pytest.raises(ConfigError, match="TESSY_TEST_KEY is not set"):
+        backend(server.url, api_key_env="TESSY_TEST_KEY")
+
+
+def test_pieces_always_concatenate_to_the_text():
+    assert _align("The answer", ["The", " answer"], None) == ["The", " answer"]
+    # A stop string cut the last token short; a mismatch falls back to word pieces.
+    assert _align("The ans", ["The", " answer"], None) == ["The", " ans"]
+    assert _align("héllo world", ["h", "\ufffd", "llo"], None) == ["h", "éllo", " world"]
+    assert _align("a b", None, None) == ["a", " b"]
+
+
+def _write_run(tmp_path: Path, url: str, n: int) -> Path:
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"q{i}"}) + "\n" for i in range(n)))
+    role = {"backend": "openai", "model": "m", "endpoints": [url], "max_retries": 1, "backoff_s": 0, "timeout_s": 0.5}
+    config = {
+        "teacher": role,
+        "student": role,
+        "guards": {"max_request_failures": 1},
+        "data": {"input": str(tmp_path / "in.jsonl"), "output": str(tmp_path / "out.jsonl")},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_a_dead_server_never_hangs_a_run_and_nothing_is_lost(tmp_path):
+    summary = tessy.synthesize(tessy.load_config(_write_run(tmp_path, dead_url(), 5)))
+    assert summary.written == 0 and summary.failed == {"request_failures": 5}
+    failed = [json.loads(line) for line in (tmp_path / "out.failed.jsonl").read_text().splitlines()]
+    assert sorted(f["id"] for f in failed) == [f"p{i}" for i in range(5)]
+    assert all("ConnectError" in f["failure"] for f in failed)
+
+
+def test_a_flaky_server_still_gives_every_sample(tmp_path, server):
+    server.queue("500", "reset", "429", "malformed", "empty", "500")
+    summary = tessy.synthesize(tessy.load_config(_write_run(tmp_path, server.url, 4), ["mode=teacher-only"]))
+    assert summary.written == 4 and not summary.failed

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_server import FaultServer, dead_url
 
 import tessy
+from fault_server import FaultServer, dead_url
 from tessy import BackendError, ConfigError
 from tessy.backends import GenerateRequest, Prompt
 from tessy.backends.openai import OpenAICompletionsBackend, _align

@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev,all]'
+	$(BIN)/tessy models install smollm2-135m
 	touch $(STAMP)
 
 # The main job. Until the real-model demo lands it runs the offline example (scripted fakes).

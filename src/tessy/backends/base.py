@@ -86,6 +86,8 @@ class Generation:
     stop_reason: str | None = None
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
+    #: Tokens the server says it generated (may count an end-of-sequence token not in ``pieces``).
+    completion_tokens: int | None = None
 
     @property
     def text(self) -> str:

@@ -227,6 +227,7 @@ class OpenAICompletionsBackend(Backend):
                 stop_reason=stop_reason if isinstance(stop_reason, str) else None,
                 prompt_tokens=usage.get("prompt_tokens"),
                 cached_tokens=details.get("cached_tokens"),
+                completion_tokens=usage.get("completion_tokens"),
             )
 
         result: Generation = await self._with_retries(request, once)

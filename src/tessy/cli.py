@@ -150,6 +150,17 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    result = export_run(Path(args.run), args.format, Path(args.out), name=args.name, include_id=args.with_id)
+    skipped = f" ({result.skipped} left out: turns do not alternate)" if result.skipped else ""
+    _console.print(f"exported {result.rows} records as {result.format}{skipped}")
+    for path in (result.path, *result.extra):
+        print(path)
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tessy",
@@ -192,6 +203,16 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--samples", type=int, default=20, help="responses shown in the viewer (default 20)")
     rep.add_argument("--nll-samples", type=int, default=32, help="samples scored per run (default 32)")
     rep.set_defaults(func=_report)
+
+    from .export import FORMATS
+
+    exp = sub.add_parser("export", help="a run's records for an SFT stack (TRL, LLaMA-Factory, Parquet)")
+    exp.add_argument("run", help="a run's JSONL output")
+    exp.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    exp.add_argument("--out", required=True, help="output file (parquet: a .parquet file or a datasets folder)")
+    exp.add_argument("--name", help="the dataset's name in LLaMA-Factory's dataset_info.json (sharegpt)")
+    exp.add_argument("--with-id", action="store_true", help="keep each sample's id (JSONL formats)")
+    exp.set_defaults(func=_export)
     return parser
 
 

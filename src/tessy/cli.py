@@ -161,6 +161,39 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import replace
+
+    from . import bench
+
+    config = bench.QUICK if args.quick else bench.FULL
+    params = config.params.with_overrides(json.loads(args.params)) if args.params else config.params
+    if args.serve:
+
+        def ready(url: str) -> None:
+            print(f"{bench.server.READY_PREFIX}{url}", flush=True)
+
+        asyncio.run(bench.serve(args.host, args.port, params, config.workload, ready))
+        return EXIT_OK
+    config = replace(config, transport=args.transport, params=params, lookahead=args.lookahead)
+    if args.concurrency:
+        config = replace(config, concurrency=tuple(int(c) for c in args.concurrency.split(",")))
+    result = bench.run_bench(config, progress=lambda r: _console.print(f"[dim]{r.setup} at {r.concurrency}: done"))
+    head, rows = result.table()
+    table = Table(title="tessy bench", caption=result.describe())
+    for col in head:
+        table.add_column(col, justify="left" if col == "setup" else "right")
+    for row in rows:
+        table.add_row(*row)
+    _print_table(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    for line in result.ratio_lines():
+        print(line)
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tessy",
@@ -213,6 +246,20 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--name", help="the dataset's name in LLaMA-Factory's dataset_info.json (sharegpt)")
     exp.add_argument("--with-id", action="store_true", help="keep each sample's id (JSONL formats)")
     exp.set_defaults(func=_export)
+
+    ben = sub.add_parser("bench", help="benchmark TESSY against a simulated vLLM-like server (or serve it)")
+    ben.add_argument("--quick", action="store_true", help="shorter responses and fewer samples")
+    ben.add_argument(
+        "--transport", choices=["auto", "http", "in-process"], default="auto", help="how to reach the servers"
+    )
+    ben.add_argument("--concurrency", help="samples in flight, comma-separated (default 1,16,64)")
+    ben.add_argument("--lookahead", type=int, help="override the predictors' streaming lookahead (sensitivity)")
+    ben.add_argument("--params", help="JSON overrides of the simulated cost model (tessy.bench.SimParams)")
+    ben.add_argument("--json", help="also write the results here")
+    ben.add_argument("--serve", action="store_true", help="only run the simulated server until interrupted")
+    ben.add_argument("--host", default="127.0.0.1", help="with --serve")
+    ben.add_argument("--port", type=int, default=0, help="with --serve (0: any free port, printed)")
+    ben.set_defaults(func=_bench)
     return parser
 
 

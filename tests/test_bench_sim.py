@@ -296,3 +296,19 @@ def test_cli_bench_prints_the_table_and_the_ratio_last(capsys: pytest.CaptureFix
     name, value = out[-1].split()
     assert name == "ratio_streaming_2" and float(value) > 1
     assert QUICK.samples_at(2) == 4 and QUICK.samples_at(1) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.contract
+def test_bench_over_http_through_the_openai_backend() -> None:
+    """The http transport: the server in its own process, tessy through ``backend: openai``."""
+    if not http_backend_available():
+        pytest.skip("this build has no OpenAI-compatible backend (backend: openai)")
+    config = replace(TINY, concurrency=(2,), transport="http", workload=Workload((40, 80), (5, 10)))
+    result = run_bench(config)
+    assert result.transport == "http"
+    lower, chunked, streaming = (result.row(s, 2) for s in ("lower", "chunked", "streaming"))
+    assert chunked.failed == streaming.failed == 0
+    assert chunked.tokens_per_sample == pytest.approx(lower.tokens_per_sample, rel=0.1)
+    assert chunked.requests_per_sample > streaming.requests_per_sample > 1
+    assert chunked.server["sim-teacher"]["requests"] > 0 and chunked.server["sim-student"]["requests"] > 0

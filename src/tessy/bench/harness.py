@@ -273,10 +273,11 @@ class _InProcess(_Target):
 class _Http(_Target):
     transport = "http"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, config: BenchConfig) -> None:
         import httpx
 
         self.url = url
+        self.config = config
         self._client = httpx.AsyncClient(base_url=url.removesuffix("/v1"), timeout=30)
 
     def _config(self, *, streaming: bool, concurrency: int, config: BenchConfig) -> Any:
@@ -306,7 +307,7 @@ class _Http(_Target):
     def backend(self, model: str, max_concurrency: int) -> Backend:
         from ..backends import create_backend
 
-        config = self._config(streaming=False, concurrency=max_concurrency, config=QUICK)
+        config = self._config(streaming=False, concurrency=max_concurrency, config=self.config)
         role = config.teacher if model == TEACHER_MODEL else config.student
         return create_backend(role)
 
@@ -469,7 +470,7 @@ async def _server_process(config: BenchConfig) -> AsyncIterator[str]:
     cmd = [
         sys.executable,
         "-m",
-        "tessy.bench.server",
+        "tessy.bench",
         "--params",
         json.dumps(asdict(config.params)),
         "--think",
@@ -526,7 +527,7 @@ def run_bench(config: BenchConfig = QUICK, *, progress: Callable[[BenchRow], Non
 
     async def main_http() -> list[BenchRow]:
         async with _server_process(config) as url:
-            target = _Http(url)
+            target = _Http(url, config)
             try:
                 return await _run_all(target, config, progress)
             finally:

@@ -21,7 +21,7 @@ Endpoints:
 - ``GET /stats``: each engine's counters (requests, prompt, cached, prefilled and re-prefilled
   tokens, decoded tokens, aborted, preempted, steps, busy time); ``POST /reset_stats`` zeroes them.
 
-Run it alone with ``tessy bench --serve`` or ``python -m tessy.bench.server``.
+Run it alone with ``tessy bench --serve`` or ``python -m tessy.bench``.
 """
 
 from __future__ import annotations
@@ -598,7 +598,7 @@ READY_PREFIX = "tessy-sim listening on "
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tessy.bench.server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tessy.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port (printed)")
     parser.add_argument("--params", default="{}", help="JSON overrides of SimParams, e.g. '{\"decode_step_s\": 0.02}'")

@@ -94,8 +94,13 @@ def build_report(
     student_format: Format | None = None,
     samples: int = 20,
     nll_samples: int = 32,
+    close_scorer: bool = False,
 ) -> Report:
-    """Compute every measure for ``runs`` (the first is the main one) and render the HTML."""
+    """Compute every measure for ``runs`` (the first is the main one) and render the HTML.
+
+    Scoring runs in its own event loop (``asyncio.run``), so call this from synchronous code;
+    ``close_scorer`` closes the scorer in that same loop when it is done.
+    """
     if not runs:
         raise TessyError("give at least one run to report on")
     from . import plots
@@ -146,7 +151,15 @@ def build_report(
         )
     else:
         fmt = student_format or get_format(runs[0].student_format or "qwen3")
-        report.nll = asyncio.run(run_nll(runs, scorer, fmt, max_samples=nll_samples))
+
+        async def score(s: Scorer) -> list[RunNLL]:
+            try:
+                return await run_nll(runs, s, fmt, max_samples=nll_samples)
+            finally:
+                if close_scorer:
+                    await s.aclose()
+
+        report.nll = asyncio.run(score(scorer))
         report.scorer_name = scorer_name
 
     report.viewer_ids = _viewer_ids(runs, samples)
@@ -178,7 +191,6 @@ def write_report(
     scorer: Scorer | None = None
     scorer_name = ""
     tokenizer_ref = tokenizer
-    owned: list[Scorer] = []
     if student_config is not None:
         from ..backends import create_backend
         from ..config import load_config
@@ -191,16 +203,14 @@ def write_report(
             backend = create_backend(role)
             if backend.supports_scoring:
                 scorer, scorer_name = backend, f"the student of {student_config.name} ({role.backend} backend)"
-                owned.append(backend)
             else:
-                _close(backend)
+                asyncio.run(backend.aclose())
                 logger.warning("the student's %s backend cannot score text: no NLL (give --score-model)", role.backend)
     if score_model is not None:
         from ..scoring import TransformersScorer
 
         scorer = TransformersScorer(score_model)
         scorer_name = f"{score_model} (in-process transformers)"
-        owned.append(scorer)
     split: TextTokenizer | None = None
     tokenizer_name = ""
     if tokenizer_ref:
@@ -208,29 +218,20 @@ def write_report(
 
         split = hf_text_tokenizer(load_hf_tokenizer(str(tokenizer_ref)))
         tokenizer_name = f"the tokenizer of {tokenizer_ref}"
-    try:
-        report = build_report(
-            runs,
-            tokenizer=split,
-            tokenizer_name=tokenizer_name,
-            scorer=scorer,
-            scorer_name=scorer_name,
-            student_format=student_format,
-            samples=samples,
-            nll_samples=nll_samples,
-        )
-    finally:
-        for s in owned:
-            _close(s)
+    report = build_report(
+        runs,
+        tokenizer=split,
+        tokenizer_name=tokenizer_name,
+        scorer=scorer,
+        scorer_name=scorer_name,
+        student_format=student_format,
+        samples=samples,
+        nll_samples=nll_samples,
+        close_scorer=True,
+    )
     out = html or run.with_name(f"{runs[0].name}.report.html")
     if out.is_dir():
         raise ConfigError(f"the report's path {out} is a folder; give a file name such as report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.html, encoding="utf-8")
     return out, report
-
-
-def _close(thing: object) -> None:
-    aclose = getattr(thing, "aclose", None)
-    if aclose is not None:
-        asyncio.run(aclose())

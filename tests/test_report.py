@@ -230,3 +230,12 @@ def test_report_with_a_real_student_tokenizer_and_scorer(runs: dict[str, Path], 
     )
     assert "the tokenizer of smollm2-135m" in report.html
     assert report.nll is not None and all(n.samples == 2 and math.isfinite(n.nll) and n.nll > 0 for n in report.nll)
+
+
+def test_damaged_lines_are_skipped_and_counted(tmp_path: Path) -> None:
+    good = record("a", "p", [("student", "think", "Okay"), ("student", "answer", "x")])
+    run = tmp_path / "out.jsonl"
+    run.write_text(json.dumps(good) + '\n{"id": "torn", "messa\nnot json\n[1, 2]\n', encoding="utf-8")
+    loaded = load_run(run)
+    assert [r["id"] for r in loaded.records] == ["a"] and loaded.damaged_lines == 3
+    assert "damaged lines skipped" in build_report([loaded]).html

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import RESERVED
+from .data import RESERVED, iter_records
 from .errors import ConfigError, DataError, MissingDependencyError
 
 __all__ = ["FORMATS", "ExportResult", "export_run"]
@@ -50,22 +50,14 @@ class ExportResult:
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:
-    """The run's records, lazily; lines that are not records are skipped with a warning."""
-    if not path.is_file():
-        raise DataError(f"the run {path} {'is a folder' if path.is_dir() else 'does not exist'}; give a JSONL output")
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8", errors="replace"))
-            except json.JSONDecodeError:
-                obj = None
-            messages = obj.get("messages") if isinstance(obj, dict) else None
-            if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
-                logger.warning("%s:%d is not a finished record; it is not exported", path, line_no)
-                continue
-            yield obj
+    """The run's finished records, lazily (a record without an assistant message is skipped)."""
+    for record in iter_records(path):
+        messages = record.get("messages")
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if isinstance(last, dict) and last.get("role") == "assistant":
+            yield record
+            continue
+        logger.warning("%s: record %s has no assistant message; it is not exported", path, record.get("id"))
 
 
 def _messages(record: dict[str, Any]) -> list[dict[str, str]]:

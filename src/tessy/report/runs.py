@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import sidecar_paths
-from ..errors import DataError
+from ..data import iter_records, sidecar_paths
 
 __all__ = ["Distribution", "Run", "RunStats", "load_run", "run_stats"]
 
@@ -48,36 +47,15 @@ class Run:
         return str(student["format"]) if isinstance(student, dict) and "format" in student else None
 
 
-def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
-    out: list[dict[str, Any]] = []
-    damaged = 0
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8", errors="replace"))
-            except json.JSONDecodeError:
-                obj = None
-            if not isinstance(obj, dict) or "id" not in obj:
-                damaged += 1
-                logger.warning("%s:%d is not a record; it is left out of the report", path, line_no)
-                continue
-            out.append(obj)
-    return out, damaged
-
-
 def load_run(path: Path, name: str | None = None) -> Run:
     """Read a run's output file and, where they exist, its failure and config sidecars."""
-    if not path.is_file():
-        raise DataError(f"the run {path} {'is a folder' if path.is_dir() else 'does not exist'}; give a JSONL output")
-    records, damaged = _read_jsonl(path)
-    records = [r for r in records if isinstance(r.get("messages"), list)]
+    damaged: list[int] = []
+    records = [r for r in iter_records(path, damaged=damaged) if isinstance(r.get("messages"), list)]
     failed_path, config_path = sidecar_paths(path)
     failures: dict[str, dict[str, Any]] = {}
     if failed_path.is_file():
         done = {str(r["id"]) for r in records}
-        for f in _read_jsonl(failed_path)[0]:
+        for f in iter_records(failed_path):
             if str(f["id"]) not in done:  # failed once, then done on a retry: not a failure
                 failures[str(f["id"])] = f  # the last attempt wins
     config = None
@@ -87,7 +65,7 @@ def load_run(path: Path, name: str | None = None) -> Run:
         except (OSError, ValueError, AttributeError):
             logger.warning("cannot read %s; the run's config is left out", config_path)
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    return Run(name or stem, path, records, failures, config, damaged)
+    return Run(name or stem, path, records, failures, config, len(damaged))
 
 
 @dataclass(frozen=True)

@@ -182,9 +182,10 @@ class Backend(ABC):
         as one token-id prompt, ``max_tokens=1`` and ``prompt_logprobs=0`` returns, per prompt
         position, the log-probability of the token that is there (``choices[0].prompt_logprobs``,
         one ``{token_id: {logprob, rank, decoded_token}}`` per position, ``None`` first): keep the
-        positions of the continuation. llama.cpp's ``n_probs`` gives distributions over
-        *generated* tokens only, so it cannot score a given text in one request; use an in-process
-        model there (:class:`tessy.scoring.TransformersScorer`).
+        positions of the continuation. llama.cpp's ``n_probs`` covers *generated* tokens only;
+        scoring a given text there needs ``echo`` with ``logprobs`` on ``/v1/completions``, which
+        only recent builds accept (ggml-org/llama.cpp PR #17935): check the server's version, or
+        score with an in-process model (:class:`tessy.scoring.TransformersScorer`).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot score continuations")
 

@@ -37,6 +37,7 @@ fmt: install
 
 bench: install
 	$(BIN)/python benchmarks/engine_bench.py
+	$(BIN)/tessy bench --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tessy-demo

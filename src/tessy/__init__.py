@@ -4,7 +4,17 @@ The teacher writes the capability text, the student writes the style text, and b
 predictors decide where to switch, so the data keeps the teacher's skill in the student's voice.
 """
 
-from .backends import Backend, GenerateRequest, Generation, Prompt, SamplingParams, ScriptedBackend
+from .backends import (
+    Backend,
+    GenerateRequest,
+    Generation,
+    Prompt,
+    SamplingParams,
+    Scorer,
+    ScoreRequest,
+    ScriptedBackend,
+    TokenScores,
+)
 from .boundary import BoundaryPredictor, CutQuery, LexiconPredictor, TokenType
 from .config import SynthConfig, load_config
 from .engine import Engine, Limits, Mode, RepetitionGuard, Role
@@ -48,10 +58,13 @@ __all__ = [
     "SampleResult",
     "SampleStats",
     "SamplingParams",
+    "ScoreRequest",
+    "Scorer",
     "ScriptedBackend",
     "Span",
     "SynthConfig",
     "TessyError",
+    "TokenScores",
     "TokenType",
     "__version__",
     "asynthesize",

@@ -35,6 +35,8 @@ def _setup_logging(verbose: int) -> None:
         format="%(message)s",
         handlers=[RichHandler(console=_console, show_path=False, rich_tracebacks=verbose > 1)],
     )
+    # One line per HTTP request is noise unless debugging.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
 
 
 def summary_table(summary: RunSummary, title: str = "tessy run") -> Table:
@@ -152,6 +154,82 @@ def _models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path, report = write_report(
+        Path(args.run),
+        [Path(p) for p in args.compare],
+        html=Path(args.html) if args.html else None,
+        student_config=Path(args.student) if args.student else None,
+        tokenizer=args.tokenizer,
+        score_model=args.score_model,
+        samples=args.samples,
+        nll_samples=args.nll_samples,
+    )
+    table = Table(title="tessy report")
+    for col in ("run", "mode", "samples", "failed", "teacher share", "switches/sample", "NLL/token"):
+        table.add_column(col)
+    nll = {n.name: f"{n.nll:.3f}" for n in report.nll or ()}
+    for s in report.stats:
+        table.add_row(
+            s.name,
+            s.mode,
+            str(s.samples),
+            str(s.failed),
+            f"{s.teacher_share:.1%}",
+            f"{s.switches.mean:.1f}",
+            nll.get(s.name, "-"),
+        )
+    _print_table(table)
+    print(path)
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    result = export_run(Path(args.run), args.format, Path(args.out), name=args.name, include_id=args.with_id)
+    skipped = f" ({result.skipped} left out: turns do not alternate)" if result.skipped else ""
+    _console.print(f"exported {result.rows} records as {result.format}{skipped}")
+    for path in (result.path, *result.extra):
+        print(path)
+    return EXIT_OK
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import replace
+
+    from . import bench
+
+    config = bench.QUICK if args.quick else bench.FULL
+    params = config.params.with_overrides(json.loads(args.params)) if args.params else config.params
+    if args.serve:
+
+        def ready(url: str) -> None:
+            print(f"{bench.server.READY_PREFIX}{url}", flush=True)
+
+        asyncio.run(bench.serve(args.host, args.port, params, config.workload, ready))
+        return EXIT_OK
+    config = replace(config, transport=args.transport, params=params, lookahead=args.lookahead)
+    if args.concurrency:
+        config = replace(config, concurrency=tuple(int(c) for c in args.concurrency.split(",")))
+    result = bench.run_bench(config, progress=lambda r: _console.print(f"[dim]{r.setup} at {r.concurrency}: done"))
+    head, rows = result.table()
+    table = Table(title="tessy bench", caption=result.describe())
+    for col in head:
+        table.add_column(col, justify="left" if col == "setup" else "right")
+    for row in rows:
+        table.add_row(*row)
+    _print_table(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    for line in result.ratio_lines():
+        print(line)
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tessy",
@@ -188,6 +266,47 @@ def _parser() -> argparse.ArgumentParser:
     )
     mdl.add_argument("names", nargs="*", help="model names (see 'tessy models list')")
     mdl.set_defaults(func=_models)
+
+    rep = sub.add_parser("report", help="an HTML report on runs: statistics, style measures, span viewer")
+    rep.add_argument("run", help="a run's JSONL output")
+    rep.add_argument(
+        "--compare", nargs="+", default=[], metavar="RUN", help="other runs (e.g. teacher-only, student-only)"
+    )
+    rep.add_argument("--html", help="where to write the report (default: RUN.report.html beside the run)")
+    rep.add_argument(
+        "--student", metavar="CONFIG", help="a run config whose student gives format, tokenizer and scoring"
+    )
+    rep.add_argument("--tokenizer", help="the student's tokenizer: a catalogued model, a GGUF file or a model folder")
+    rep.add_argument(
+        "--score-model", help="score thinking with this model in-process (catalogued name, GGUF or folder)"
+    )
+    rep.add_argument("--samples", type=int, default=20, help="responses shown in the viewer (default 20)")
+    rep.add_argument("--nll-samples", type=int, default=32, help="samples scored per run (default 32)")
+    rep.set_defaults(func=_report)
+
+    from .export import FORMATS
+
+    exp = sub.add_parser("export", help="a run's records for an SFT stack (TRL, LLaMA-Factory, Parquet)")
+    exp.add_argument("run", help="a run's JSONL output")
+    exp.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    exp.add_argument("--out", required=True, help="output file (parquet: a .parquet file or a datasets folder)")
+    exp.add_argument("--name", help="the dataset's name in LLaMA-Factory's dataset_info.json (sharegpt)")
+    exp.add_argument("--with-id", action="store_true", help="keep each sample's id (JSONL formats)")
+    exp.set_defaults(func=_export)
+
+    ben = sub.add_parser("bench", help="benchmark TESSY against a simulated vLLM-like server (or serve it)")
+    ben.add_argument("--quick", action="store_true", help="shorter responses and fewer samples")
+    ben.add_argument(
+        "--transport", choices=["auto", "http", "in-process"], default="auto", help="how to reach the servers"
+    )
+    ben.add_argument("--concurrency", help="samples in flight, comma-separated (default 1,16,64)")
+    ben.add_argument("--lookahead", type=int, help="override the predictors' streaming lookahead (sensitivity)")
+    ben.add_argument("--params", help="JSON overrides of the simulated cost model (tessy.bench.SimParams)")
+    ben.add_argument("--json", help="also write the results here")
+    ben.add_argument("--serve", action="store_true", help="only run the simulated server until interrupted")
+    ben.add_argument("--host", default="127.0.0.1", help="with --serve")
+    ben.add_argument("--port", type=int, default=0, help="with --serve (0: any free port, printed)")
+    ben.set_defaults(func=_bench)
     return parser
 
 

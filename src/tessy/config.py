@@ -150,7 +150,10 @@ class LlamaCppRole(RoleBase):
     n_ctx: int = Field(8192, ge=256, description="Context tokens, shared by the parallel slots.")
     n_parallel: int = Field(4, ge=1, description="Parallel slots (requests served at once).")
     n_threads: int | None = Field(
-        None, ge=1, description="CPU threads (default: all cores).", json_schema_extra=NOT_HASHED
+        None,
+        ge=1,
+        description="CPU threads (default: half the cores, one half per local server).",
+        json_schema_extra=NOT_HASHED,
     )
     timeout_s: float = Field(300.0, gt=0, description="Seconds a request may take.", json_schema_extra=NOT_HASHED)
     startup_timeout_s: float = Field(

@@ -28,6 +28,7 @@ from .records import Message, Sample, SampleResult
 __all__ = [
     "BadLine",
     "OutputStore",
+    "iter_records",
     "prompt_id",
     "read_prompts",
     "result_record",
@@ -168,6 +169,30 @@ def failure_record(result: SampleResult, config_hash: str, mode: str) -> dict[st
         "stats": result.stats.to_dict(),
         "config_hash": config_hash,
     }
+
+
+def iter_records(path: Path, *, damaged: list[int] | None = None) -> Iterator[dict[str, Any]]:
+    """The records of an output (or failure) file, lazily: JSON objects with an ``id``.
+
+    Other lines (torn, not JSON, no id) are logged and skipped; their line numbers are added to
+    ``damaged`` when it is given.
+    """
+    if not path.is_file():
+        raise DataError(f"{path} {'is a folder' if path.is_dir() else 'does not exist'}; give a JSONL output file")
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8", errors="replace"))
+            except json.JSONDecodeError:
+                obj = None
+            if not isinstance(obj, dict) or "id" not in obj:
+                logger.warning("%s:%d is not a record; it is skipped", path, line_no)
+                if damaged is not None:
+                    damaged.append(line_no)
+                continue
+            yield obj
 
 
 def sidecar_paths(output: Path) -> tuple[Path, Path]:

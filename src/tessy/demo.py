@@ -69,7 +69,7 @@ def demo_config(
             "streaming": streaming,
             "teacher": role(teacher),
             "student": role(student),
-            "guards": {"max_total_tokens": 1024, "max_thinking_tokens": 384},
+            "guards": {"max_total_tokens": 768, "max_thinking_tokens": 384},
             "data": {"input": str(output_dir / "prompts.jsonl"), "output": str(output_dir / "data.jsonl")},
             "max_in_flight": 8,
             "limit": limit,

@@ -9,7 +9,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from .base import Backend, GenerateRequest, Generation, Prompt, SamplingParams, StreamDelta
+from .base import (
+    Backend,
+    GenerateRequest,
+    Generation,
+    Prompt,
+    SamplingParams,
+    Scorer,
+    ScoreRequest,
+    StreamDelta,
+    TokenScores,
+)
 from .scripted import ScriptedBackend
 
 if TYPE_CHECKING:
@@ -21,8 +31,11 @@ __all__ = [
     "Generation",
     "Prompt",
     "SamplingParams",
+    "ScoreRequest",
+    "Scorer",
     "ScriptedBackend",
     "StreamDelta",
+    "TokenScores",
     "create_backend",
 ]
 

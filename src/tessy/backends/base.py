@@ -1,8 +1,8 @@
 """The backend interface: generate a continuation of a prompt.
 
 One small async interface serves HTTP servers, in-process models and scripted fakes. What a
-backend can do beyond plain text (accept token-id prompts, return token ids, stream) is
-declared as class attributes, never probed at run time.
+backend can do beyond plain text (accept token-id prompts, return token ids, stream, score a
+given continuation) is declared as class attributes, never probed at run time.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 from ..text import TextView
 
@@ -20,7 +20,10 @@ __all__ = [
     "Generation",
     "Prompt",
     "SamplingParams",
+    "ScoreRequest",
+    "Scorer",
     "StreamDelta",
+    "TokenScores",
 ]
 
 FinishReason = Literal["length", "stop"]
@@ -107,6 +110,47 @@ class StreamDelta:
     stop_reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    """Ask for the log-probability of each token of ``continuation`` after ``prompt``
+    (teacher forcing: nothing is generated)."""
+
+    prompt: Prompt
+    continuation: str
+    sample_id: str = ""
+
+
+@dataclass(slots=True)
+class TokenScores:
+    """Per-token log-probabilities of a continuation, in the scoring model's own tokenizer.
+
+    ``truncated`` says that the prompt or the continuation was cut to fit the model's context,
+    so the scores cover only part of the continuation.
+    """
+
+    pieces: list[str]
+    logprobs: list[float]
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.logprobs)
+
+    @property
+    def nll(self) -> float:
+        """Mean negative log-likelihood per token (nats); ``nan`` for an empty continuation."""
+        return -sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("nan")
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Anything that scores continuations: a backend with ``supports_scoring``, or a standalone
+    in-process model (:class:`tessy.scoring.TransformersScorer`)."""
+
+    async def score(self, request: ScoreRequest) -> TokenScores: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Backend(ABC):
     """Generates continuations. Subclasses declare what they support."""
 
@@ -116,6 +160,8 @@ class Backend(ABC):
     returns_token_ids: bool = False
     #: Implements :meth:`stream`.
     supports_streaming: bool = False
+    #: Implements :meth:`score` (log-probabilities of a given continuation).
+    supports_scoring: bool = False
 
     def __init__(self, *, max_concurrency: int = 64) -> None:
         if max_concurrency < 1:
@@ -130,6 +176,20 @@ class Backend(ABC):
     def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamDelta, None]:
         """Stream the continuation. Closing the iterator early must abort the request."""
         raise NotImplementedError(f"{type(self).__name__} does not stream")
+
+    async def score(self, request: ScoreRequest) -> TokenScores:
+        """Log-probabilities of ``request.continuation`` after ``request.prompt``.
+
+        Where the server can do it: vLLM's ``/v1/completions`` with the prompt and continuation
+        as one token-id prompt, ``max_tokens=1`` and ``prompt_logprobs=0`` returns, per prompt
+        position, the log-probability of the token that is there (``choices[0].prompt_logprobs``,
+        one ``{token_id: {logprob, rank, decoded_token}}`` per position, ``None`` first): keep the
+        positions of the continuation. llama.cpp's ``n_probs`` covers *generated* tokens only;
+        scoring a given text there needs ``echo`` with ``logprobs`` on ``/v1/completions``, which
+        only recent builds accept (ggml-org/llama.cpp PR #17935): check the server's version, or
+        score with an in-process model (:class:`tessy.scoring.TransformersScorer`).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot score continuations")
 
     async def aclose(self) -> None:
         """Release connections, servers or models."""

@@ -49,7 +49,9 @@ class LlamaServer:
         self.alias = alias
         self.n_ctx = n_ctx
         self.n_parallel = n_parallel
-        self.n_threads = n_threads or os.cpu_count() or 1
+        # A run has two servers (teacher, student): by default each gets half the cores. llama.cpp's
+        # threads wait on each other at every step, so oversubscribed cores slow it down many-fold.
+        self.n_threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
         self.startup_timeout_s = startup_timeout_s
         self.url: str | None = None  # the server's root, e.g. http://127.0.0.1:41941
         self.started_s: float | None = None

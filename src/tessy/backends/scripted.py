@@ -4,18 +4,23 @@ It behaves like a real server where the engine can tell: it stops at ``max_token
 ``"length"``), at a stop string (finish ``"stop"``, the string left out) or at the end of the
 scripted continuation (finish ``"stop"``, as an end-of-sequence token would). It never looks at
 the whole prompt, so it costs O(new tokens) a request and suits benchmarks as well as tests.
+
+It also scores text (:meth:`ScriptedBackend.score`) as a model that knows only its own script
+would: tokens it could have written are likely, others are not. That is enough to check that
+a report ranks text written by this fake as more its own than text written by another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 
 from ..errors import BackendError
 from ..tokenizers import FakeTokenizer, Tokenizer
-from .base import Backend, FinishReason, GenerateRequest, Generation, StreamDelta
+from .base import Backend, FinishReason, GenerateRequest, Generation, ScoreRequest, StreamDelta, TokenScores
 
 __all__ = ["Continuation", "ScriptedBackend"]
 
@@ -24,6 +29,9 @@ Continuation = str | Sequence[str] | BaseException
 Responder = Callable[[GenerateRequest], Continuation]
 #: Samples whose cursor a cycling fake remembers at most.
 _MAX_TRACKED = 8192
+#: Log-probabilities the fake gives, when scoring, to a token of its script and to any other.
+KNOWN_LOGPROB = math.log(0.5)
+UNKNOWN_LOGPROB = math.log(1e-3)
 
 
 class ScriptedBackend(Backend):
@@ -35,6 +43,7 @@ class ScriptedBackend(Backend):
     """
 
     supports_streaming = True
+    supports_scoring = True
 
     def __init__(
         self,
@@ -45,6 +54,7 @@ class ScriptedBackend(Backend):
         latency_s: float = 0.0,
         record: bool = True,
         max_concurrency: int = 64,
+        known_pieces: Iterable[str] | None = None,
     ) -> None:
         super().__init__(max_concurrency=max_concurrency)
         if (script is None) == (responder is None):
@@ -52,6 +62,10 @@ class ScriptedBackend(Backend):
         self._script: deque[Continuation] = deque(script or ())
         self._responder = responder
         self.tokenizer = tokenizer or FakeTokenizer()
+        #: The token strings this fake deems likely when scoring (by default: those of its script).
+        self.known_pieces: frozenset[str] = frozenset(
+            known_pieces if known_pieces is not None else self._script_pieces(self._script)
+        )
         self.latency_s = latency_s
         self.record = record
         #: Every request received, in order (when ``record`` is on).
@@ -121,7 +135,17 @@ class ScriptedBackend(Backend):
                 del cursors[next(iter(cursors))]
             return pieces
 
+        kwargs.setdefault("known_pieces", [p for r in [*split, *split_answers] for p in r])
         return cls(responder=respond, **kwargs)  # type: ignore[arg-type]
+
+    def _script_pieces(self, script: Iterable[Continuation]) -> list[str]:
+        out: list[str] = []
+        for item in script:
+            if isinstance(item, str):
+                out.extend(self.tokenizer.pieces(item))
+            elif not isinstance(item, BaseException):
+                out.extend(item)
+        return out
 
     @property
     def remaining(self) -> int:
@@ -153,6 +177,11 @@ class ScriptedBackend(Backend):
             return _truncate(pieces, request)
         finally:
             self.in_flight -= 1
+
+    async def score(self, request: ScoreRequest) -> TokenScores:
+        pieces = self.tokenizer.pieces(request.continuation)
+        known = self.known_pieces
+        return TokenScores(pieces, [KNOWN_LOGPROB if p in known else UNKNOWN_LOGPROB for p in pieces])
 
     async def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamDelta, None]:
         self.in_flight += 1

@@ -1,0 +1,244 @@
+"""The report as one self-contained HTML file: inline CSS, plots as inline PNG, no script, and
+every piece of model or user text escaped (it is shown as text, never run as markup).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from html import escape
+from typing import TYPE_CHECKING, Any
+
+from .plots import colour
+from .runs import Run, RunStats, prompt_messages
+
+if TYPE_CHECKING:
+    from . import Report
+
+__all__ = ["render_html"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1200px;
+padding:0 1rem;color:#1b1b1b;line-height:1.45}
+h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}
+th,td{border:1px solid #ddd;padding:.25rem .55rem;text-align:right;vertical-align:top}
+th:first-child,td:first-child{text-align:left}thead th{background:#f4f4f4}
+.note{color:#555;font-size:.88rem;max-width:60rem}
+img{max-width:100%;border:1px solid #eee;margin:.4rem 0}
+details{border:1px solid #ddd;border-radius:4px;margin:.4rem 0;padding:.3rem .6rem}
+summary{cursor:pointer;font-weight:600}
+.run{margin:.6rem 0 .9rem}.runname{font-weight:600;font-size:.9rem}
+.prompt,.resp{white-space:pre-wrap;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.82rem;
+background:#fafafa;border:1px solid #eee;padding:.45rem;border-radius:3px;overflow-wrap:anywhere}
+.t{background:#dbe9f7}.s{background:#fde3c0}.a{text-decoration:underline;text-decoration-color:#999}
+.legend span{padding:0 .4rem;margin-right:.6rem}.swatch{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem}
+.best{font-weight:700}
+"""
+
+
+def _num(value: float, digits: int = 1) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _table(head: Sequence[str], rows: Iterable[Sequence[str]], *, raw: bool = False) -> str:
+    """A table; cells are escaped unless ``raw`` (for cells built here from escaped parts)."""
+    cell = (lambda x: x) if raw else escape
+    out = ["<table><thead><tr>", *(f"<th>{escape(h)}</th>" for h in head), "</tr></thead><tbody>"]
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _img(png: str | None, alt: str) -> str:
+    if not png:
+        return ""
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{png}">'
+
+
+def _stats_section(stats: Sequence[RunStats], hist_png: str | None) -> str:
+    def dist(d: Any, digits: int = 1) -> str:
+        return f"{_num(d.mean, digits)} (median {_num(d.median, 0)}, p90 {_num(d.p90, 0)}, max {_num(d.max, 0)})"
+
+    metrics: list[tuple[str, list[str]]] = [
+        ("mode", [s.mode for s in stats]),
+        ("samples written", [f"{s.samples:,}" for s in stats]),
+        ("samples failed", [f"{s.failed:,}" for s in stats]),
+        ("teacher token share", [f"{s.teacher_share:.1%}" for s in stats]),
+        ("teacher share of thinking", [f"{s.teacher_think_share:.1%}" for s in stats]),
+        ("student token share", [f"{1 - s.teacher_share:.1%}" if s.samples else "–" for s in stats]),
+        ("switches per sample", [dist(s.switches) for s in stats]),
+        ("response tokens per sample", [dist(s.response_tokens) for s in stats]),
+        ("response characters per sample", [dist(s.response_chars, 0) for s in stats]),
+        ("requests per sample", [dist(s.requests_per_sample) for s in stats]),
+        ("requests in all", [f"{s.requests:,}" for s in stats]),
+        ("failed requests", [f"{s.failed_requests:,}" for s in stats]),
+        ("discarded tokens", [f"{s.discarded_tokens:,} ({s.discarded_per_kept:.2f} per kept token)" for s in stats]),
+        (
+            "guards fired",
+            [", ".join(f"{k}: {v}" for k, v in sorted(s.guards.items())) or "none" for s in stats],
+        ),
+    ]
+    if any(s.damaged_lines for s in stats):
+        metrics.append(("damaged lines skipped", [str(s.damaged_lines) for s in stats]))
+    parts = [
+        "<h2>Runs</h2>",
+        '<p class="note">Token counts are the engine\'s: each role counts in its own tokenizer. '
+        "Discarded tokens were generated and thrown away past a cut or an end of thinking.</p>",
+        _table(["", *(s.name for s in stats)], [(k, *v) for k, v in metrics]),
+    ]
+    reasons = sorted({r for s in stats for r in s.failures_by_reason})
+    parts.append("<h3>Failures by reason</h3>")
+    if reasons:
+        parts.append(
+            _table(
+                ["reason", *(s.name for s in stats)],
+                [(r, *(str(s.failures_by_reason.get(r, 0)) for s in stats)) for r in reasons],
+            )
+        )
+    else:
+        parts.append('<p class="note">No sample failed.</p>')
+    parts.append(_img(hist_png, "distributions of switches, lengths and requests per sample"))
+    return "".join(parts)
+
+
+def _style_section(report: Report) -> str:
+    parts = ["<h2>Style</h2>"]
+    parts.append(
+        f'<p class="note">Responses are split with {escape(report.tokenizer_name)}. '
+        "TF-IDF vectors are fitted on the responses of every run; similarity is the mean cosine between "
+        "the responses of two runs to the same prompt (runs are matched by sample id).</p>"
+    )
+    sim = report.similarity
+    if sim is None or sim.common == 0:
+        parts.append('<p class="note">The runs share no prompts, so they are not compared.</p>')
+    else:
+        rows = []
+        for i, name in enumerate(sim.names):
+            rows.append((escape(name), *(_num(v, 3) for v in sim.matrix[i])))
+        parts.append(f"<h3>TF-IDF cosine similarity ({sim.common:,} shared prompts)</h3>")
+        parts.append(_table(["", *sim.names], rows, raw=True))
+        students = [s.name for s in report.stats if s.mode == "student-only"]
+        if students:
+            parts.append(
+                f'<p class="note">The column of {escape(students[0])} (the student writing alone) says how '
+                "close each run is to the student's own style.</p>"
+            )
+    if report.pca_png:
+        parts.append("<h3>PCA of TF-IDF vectors</h3>")
+        parts.append(_img(report.pca_png, "PCA of TF-IDF vectors of responses, with run centroids"))
+    parts.append("<h3>Style words per 1,000 tokens of thinking</h3>")
+    if report.style_words:
+        rows = [(w, *(_num(r.get(w, 0.0), 2) for r in report.style)) for w in report.style_words]
+        parts.append(_table(["word or phrase", *(s.name for s in report.stats)], rows))
+        parts.append(_img(report.style_png, "style words per thousand tokens"))
+    else:
+        parts.append('<p class="note">No style word occurs in any run.</p>')
+    return "".join(parts)
+
+
+def _nll_section(report: Report) -> str:
+    parts = ["<h2>Student negative log-likelihood of the thinking</h2>"]
+    if not report.nll:
+        parts.append(f'<p class="note">{escape(report.nll_note)}</p>')
+        return "".join(parts)
+    parts.append(
+        f'<p class="note">Scored by {escape(report.scorer_name)} after the student\'s own prompt '
+        "(its format, thinking opened); nats per token, lower is closer to what the student would write "
+        "itself. Runs are scored on the same prompts where they share them.</p>"
+    )
+    finite = [n.nll for n in report.nll if math.isfinite(n.nll)]
+    best = min(finite) if finite else None
+    rows = []
+    for n in report.nll:
+        mark = ' class="best"' if best is not None and n.nll == best else ""
+        rows.append(
+            (
+                escape(n.name),
+                f"<span{mark}>{_num(n.nll, 3)}</span>",
+                _num(n.perplexity, 2),
+                _num(n.sample_mean, 3),
+                f"{n.samples:,}",
+                f"{n.tokens:,}",
+                str(n.truncated),
+            )
+        )
+    parts.append(
+        _table(
+            ["run", "NLL / token", "perplexity", "mean of samples", "samples", "tokens", "truncated"], rows, raw=True
+        )
+    )
+    return "".join(parts)
+
+
+def _spans_html(record: dict[str, Any]) -> str:
+    out = []
+    for span in record.get("spans") or ():
+        source = "t" if span.get("source") == "teacher" else "s"
+        phase = str(span.get("phase", ""))
+        cls = f"{source} a" if phase == "answer" else source
+        title = f"{span.get('source', '?')}, {phase}, {span.get('tokens', '?')} tokens"
+        out.append(f'<span class="{cls}" title="{escape(title)}">{escape(str(span.get("text", "")))}</span>')
+    return "".join(out)
+
+
+def _viewer_section(runs: Sequence[Run], ids: Sequence[str]) -> str:
+    parts = [
+        "<h2>Responses</h2>",
+        '<p class="legend"><span class="t">teacher</span><span class="s">student</span>'
+        '<span class="a">answer (underlined)</span> Hover a span for its source and length.</p>',
+    ]
+    if not ids:
+        parts.append('<p class="note">No response to show.</p>')
+    indexes = [r.by_id for r in runs]
+    for sample_id in ids:
+        first = next(ix[sample_id] for ix in indexes if sample_id in ix)
+        prompt = "\n\n".join(f"[{m['role']}] {m['content']}" for m in prompt_messages(first))
+        preview = prompt.replace("\n", " ")[:110]
+        parts.append(f"<details><summary>{escape(sample_id)}: {escape(preview)}</summary>")
+        parts.append(f'<div class="prompt">{escape(prompt)}</div>')
+        for i, (run, ix) in enumerate(zip(runs, indexes, strict=True)):
+            record = ix.get(sample_id)
+            swatch = f'<span class="swatch" style="background:{colour(i)}"></span>'
+            parts.append(f'<div class="run"><div class="runname">{swatch}{escape(run.name)} ({escape(run.mode)})</div>')
+            if record is None:
+                failure = run.failures.get(sample_id)
+                why = f"failed: {failure.get('failure')}" if failure else "not in this run"
+                parts.append(f'<div class="note">{escape(str(why))}</div></div>')
+                continue
+            parts.append(f'<div class="resp">{_spans_html(record)}</div></div>')
+        parts.append("</details>")
+    return "".join(parts)
+
+
+def render_html(report: Report) -> str:
+    from .. import __version__
+
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    runs_rows = [
+        (
+            f'<span class="swatch" style="background:{colour(i)}"></span>{escape(r.name)}',
+            escape(str(r.path)),
+            escape(r.mode),
+        )
+        for i, r in enumerate(report.runs)
+    ]
+    body = [
+        "<h1>tessy report</h1>",
+        f'<p class="note">Made by tessy {escape(__version__)} on {escape(stamp)}.</p>',
+        _table(["run", "file", "mode"], runs_rows, raw=True),
+        _stats_section(report.stats, report.hist_png),
+        _style_section(report),
+        _nll_section(report),
+        _viewer_section(report.runs, report.viewer_ids),
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>tessy report: {escape(', '.join(r.name for r in report.runs))}</title>"
+        f"<style>{_CSS}</style></head><body>" + "".join(body) + "</body></html>\n"
+    )

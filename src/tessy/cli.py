@@ -49,6 +49,7 @@ def summary_table(summary: RunSummary, title: str = "tessy run") -> Table:
         ("switches per sample", f"{summary.switches_per_sample:.1f}"),
         ("requests", str(summary.requests)),
         ("discarded tokens", str(summary.discarded_tokens)),
+        ("prompts not extending the last (prefix misses)", str(summary.prefix_misses)),
         ("guards fired", str(dict(summary.guards)) if summary.guards else "none"),
         ("tokens/s", f"{summary.tokens_per_s:.1f}"),
         ("wall time", f"{summary.wall_s:.1f} s"),

@@ -44,6 +44,8 @@ class RunSummary:
     switches: int = 0
     requests: int = 0
     discarded_tokens: int = 0
+    #: Requests whose prompt did not extend the same role's previous prompt (see SampleStats).
+    prefix_misses: int = 0
     guards: Counter[str] = field(default_factory=Counter)
     wall_s: float = 0.0
 
@@ -79,6 +81,7 @@ class RunSummary:
             self.failed[(result.failure or "unknown").split(":", 1)[0]] += 1
         self.requests += result.stats.requests
         self.discarded_tokens += result.stats.discarded_tokens
+        self.prefix_misses += result.stats.prefix_misses
         self.guards.update(result.stats.guards)
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +99,7 @@ class RunSummary:
             "switches_per_sample": round(self.switches_per_sample, 3),
             "requests": self.requests,
             "discarded_tokens": self.discarded_tokens,
+            "prefix_misses": self.prefix_misses,
             "guards": dict(self.guards),
             "tokens_per_s": round(self.tokens_per_s, 2),
             "wall_s": round(self.wall_s, 3),

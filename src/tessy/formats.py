@@ -111,7 +111,7 @@ def _without_thinking(content: str) -> str:
 class _ThinkTagFormat(Format):
     """Formats that wrap thinking in ``<think>`` ... ``</think>``."""
 
-    think_stop = ("</think>",)
+    think_stop: tuple[str, ...] = ("</think>",)
 
     def answer_suffix(self) -> str:
         return "\n</think>\n\n"

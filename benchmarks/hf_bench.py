@@ -41,6 +41,7 @@ GREEDY = SamplingParams(temperature=0)
 class Run:
     name: str
     wall_s: float
+    cpu_s: float
     stats: dict[str, HFStats]
     results: list[SampleResult]
 
@@ -80,16 +81,17 @@ def tessy(name: str, student: HFBackend, teacher: HFBackend, prompts: list[Sampl
     async def go() -> list[SampleResult]:
         return [r async for r in engine.run(prompts)]
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     results = asyncio.run(go())
-    return Run(name, time.perf_counter() - started, {"student": student.stats, "teacher": teacher.stats}, results)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return Run(name, wall, cpu, {"student": student.stats, "teacher": teacher.stats}, results)
 
 
-def plain_generate(backend: HFBackend, prompts: list[Sample], tokens: int) -> tuple[float, int]:
-    """Seconds ``generate()`` takes for ``tokens`` new tokens spread over the prompts."""
+def plain_generate(backend: HFBackend, prompts: list[Sample], tokens: int) -> tuple[float, float, int]:
+    """Wall and CPU seconds ``generate()`` takes for ``tokens`` new tokens spread over the prompts."""
     fmt = get_format("chatml", tokenizer=backend.tokenizer)
     share = [tokens // len(prompts) + (1 if i < tokens % len(prompts) else 0) for i in range(len(prompts))]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     made = 0
     for sample, n in zip(prompts, share, strict=True):
         if n == 0:
@@ -98,7 +100,7 @@ def plain_generate(backend: HFBackend, prompts: list[Sample], tokens: int) -> tu
         with torch.inference_mode():
             out = backend.model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
         made += out.shape[1] - ids.shape[1]
-    return time.perf_counter() - started, made
+    return time.perf_counter() - started, time.process_time() - cpu, made
 
 
 def main() -> None:
@@ -131,11 +133,12 @@ def main() -> None:
             asyncio.run(b.aclose())
 
     cached = runs[0]
-    gen_s = 0.0
+    gen_s = gen_cpu = 0.0
     gen_tokens = 0
     for kind, backend in (("student", student), ("teacher", teacher)):
-        seconds, made = plain_generate(backend, prompts, cached.stats[kind].generated_tokens)
+        seconds, cpu, made = plain_generate(backend, prompts, cached.stats[kind].generated_tokens)
         gen_s += seconds
+        gen_cpu += cpu
         gen_tokens += made
         print(f"generate() {kind}: {made} tokens in {seconds:.1f} s ({made / seconds:.1f} tokens/s)")
     for b in (student, teacher):
@@ -146,6 +149,7 @@ def main() -> None:
     print(header)
     rows: list[tuple[str, list[str], str]] = [
         ("wall s", [f"{r.wall_s:.1f}" for r in runs], f"{gen_s:.1f}"),
+        ("CPU s (all threads)", [f"{r.cpu_s:.1f}" for r in runs], f"{gen_cpu:.1f}"),
         ("generated tokens (both models)", [str(r.generated) for r in runs], str(gen_tokens)),
         ("tokens kept in the data", [str(r.kept) for r in runs], "-"),
         ("requests", [str(sum(s.requests for s in r.stats.values())) for r in runs], str(len(prompts) * 2)),

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from real_models import tokenizer
+from real_models import model_path, tokenizer
 from tessy import Engine, Role, Sample, SampleResult, get_format
 from tessy.backends import Backend, GenerateRequest, Generation
 from tessy.boundary import LexiconPredictor
 from tessy.formats import ChatMLThinkFormat, render_prompt
 from tessy.records import Message
-from tessy.tokenizers import HFTokenizer
+from tessy.tokenizers import HFTokenizer, load_tokenizer
 
 pytestmark = pytest.mark.real
 
@@ -167,3 +167,17 @@ def test_cross_tokenizer_handoffs_are_token_exact(student: str, teacher: str) ->
     answer_prompt = s_backend.requests[-1].prompt
     messages: list[Any] = [{"role": "user", "content": "What is 17 + 25?"}]
     assert answer_prompt.text == get_format("chatml", tokenizer=st).render_answer(messages, thinking)
+
+
+def test_a_gguf_tokenizer_is_converted_once_then_read_from_the_cache(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gguf = model_path("smollm2-135m")
+    monkeypatch.setenv("TESSY_CACHE", str(tmp_path))
+    first = load_tokenizer(gguf)
+    folders = list((tmp_path / "hf").iterdir())
+    assert len(folders) == 1 and (folders[0] / "tokenizer" / "tokenizer.json").is_file()
+    second = load_tokenizer(gguf)  # from the converted folder
+    text = "<|im_start|>user\nHi 😀<|im_end|>"
+    assert first.encode(text) == second.encode(text) == tokenizer("smollm2-135m").encode(text)
+    assert second.chat_template == first.chat_template

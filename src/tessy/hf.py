@@ -10,10 +10,12 @@ is converted again. torch and transformers are imported only here, and only when
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -82,11 +84,37 @@ def locate(spec: str | Path) -> ModelSource:
 
 
 def _quiet(transformers: ModuleType) -> None:
-    # GGUF loading draws progress bars on stderr; a library must not.
+    # Loading draws progress bars on stderr; a library must not.
     utils = getattr(transformers, "utils", None)
     logging_mod = getattr(utils, "logging", None)
     if logging_mod is not None and hasattr(logging_mod, "disable_progress_bar"):
         logging_mod.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def _no_tqdm() -> Iterator[None]:
+    """GGUF dequantisation draws its own tqdm bar, whatever transformers' progress-bar setting;
+    silence it for the conversion (one module's name, put back afterwards)."""
+    import importlib
+
+    try:
+        module = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    except ImportError:
+        module = None
+    original = getattr(module, "tqdm", None)
+    if original is None:
+        yield
+        return
+
+    def quiet(iterable: Any = None, *args: Any, **kwargs: Any) -> Any:
+        kwargs["disable"] = True
+        return original(iterable, *args, **kwargs)
+
+    module.tqdm = quiet  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        module.tqdm = original  # type: ignore[union-attr]
 
 
 def load_hf_tokenizer(spec: str | Path) -> Any:
@@ -150,7 +178,8 @@ def _convert_gguf_model(transformers: ModuleType, src: ModelSource, folder: Path
     takes its weights and saves normally.
     """
     logger.info("converting %s to a Hugging Face folder (once; it is cached in %s)", src.path, folder)
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(str(src.folder), gguf_file=src.gguf_file)
+    with _no_tqdm():
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(str(src.folder), gguf_file=src.gguf_file)
     fresh = transformers.AutoModelForCausalLM.from_config(loaded.config)
     fresh.load_state_dict(loaded.state_dict())
     fresh.generation_config = loaded.generation_config

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 #: One lock per device: models on the same device take turns, one forward pass at a time.
 #: Two models computing at once on the same CPU cores would each start a full team of
-#: threads and slow both down several times over; taking turns lets each use every core.
+#: threads and compete for the cores; taking turns lets each forward pass use all of them.
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_LOCK = threading.Lock()
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tessy import ConfigError, GenerateRequest, Prompt, get_format
+from tessy import GenerateRequest, Prompt, get_format
 from tessy.bench import QUICK, BenchConfig, SimEngine, SimParams, Workload, make_engines, run_bench
 from tessy.bench.backend import SimBackend
 from tessy.bench.cache import BlockPool, block_hashes
 from tessy.bench.clock import run_virtual
-from tessy.bench.harness import http_backend_available
 from tessy.bench.model import STUDENT, TEACHER, FakeModel, sim_tokenizer
 from tessy.bench.tokenizer import SimTokenizer
 from tessy.boundary import LexiconPredictor, TokenType
@@ -282,13 +281,6 @@ def test_bench_in_process_measures_every_setup() -> None:
     assert eager.row("streaming", 4).discarded_per_sample < result.row("streaming", 4).discarded_per_sample
 
 
-def test_http_transport_needs_the_openai_backend() -> None:
-    if http_backend_available():
-        pytest.skip("this build has the OpenAI-compatible backend")
-    with pytest.raises(ConfigError, match="backend: openai"):
-        run_bench(replace(TINY, transport="http"))
-
-
 def test_cli_bench_prints_the_table_and_the_ratio_last(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--quick", "--concurrency", "2", "--transport", "in-process"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
@@ -302,8 +294,6 @@ def test_cli_bench_prints_the_table_and_the_ratio_last(capsys: pytest.CaptureFix
 @pytest.mark.contract
 def test_bench_over_http_through_the_openai_backend() -> None:
     """The http transport: the server in its own process, tessy through ``backend: openai``."""
-    if not http_backend_available():
-        pytest.skip("this build has no OpenAI-compatible backend (backend: openai)")
     config = replace(TINY, concurrency=(2,), transport="http", workload=Workload((40, 80), (5, 10)))
     result = run_bench(config)
     assert result.transport == "http"

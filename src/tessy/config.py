@@ -31,6 +31,7 @@ from .errors import ConfigError
 __all__ = [
     "DataConfig",
     "GuardsConfig",
+    "HFRole",
     "LexiconPredictorConfig",
     "LlamaCppRole",
     "OpenAIRole",
@@ -56,6 +57,22 @@ def _resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
 
 #: A path that, written in a config file, is relative to that file.
 ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+def _resolve_model_ref(value: str | None, info: ValidationInfo) -> str | None:
+    """A model or tokenizer reference: a catalogued name stays as it is; a relative path that
+    exists beside the config file is made absolute."""
+    from .models import CATALOGUE
+
+    base = (info.context or {}).get("base_dir")
+    if value is None or value in CATALOGUE or base is None or Path(value).expanduser().is_absolute():
+        return value
+    candidate = Path(base) / value
+    return str(candidate) if candidate.exists() else value
+
+
+#: A Hugging Face folder, a GGUF file or a catalogued model name (paths relative to the config file).
+ModelRef = Annotated[str, AfterValidator(_resolve_model_ref)]
 
 
 class _Model(BaseModel):
@@ -93,6 +110,16 @@ class RoleBase(_Model):
     """What every role has, whatever its backend."""
 
     format: str = Field("qwen3", description="Chat format name (see `tessy.formats.format_names()`).")
+    format_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options of the format, e.g. {reasoning_effort: high} for gpt-oss (see `tessy.formats`).",
+    )
+    tokenizer: ModelRef | None = Field(
+        None,
+        description="The model's tokenizer (a Hugging Face folder, a GGUF file or a catalogued model name): "
+        "prompts are then kept as token ids where the backend takes them, and the chatml and template "
+        "formats render through the model's chat template. The hf backend uses its model's by default.",
+    )
     system_prompt: str | None = Field(None, description="System message added when the input has none.")
     chunk_tokens: int = Field(20, ge=1, description="k: tokens a role writes before its predictor looks.")
     predictor: PredictorConfig = Field(default_factory=LexiconPredictorConfig)
@@ -100,6 +127,16 @@ class RoleBase(_Model):
     max_concurrency: int = Field(
         64, ge=1, description="Requests in flight on this role's backend.", json_schema_extra=NOT_HASHED
     )
+
+    @model_validator(mode="after")
+    def _known_format(self) -> RoleBase:
+        from .formats import check_format_options
+
+        try:
+            check_format_options(self.format, self.format_options)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class ScriptedRole(RoleBase):
@@ -161,7 +198,33 @@ class LlamaCppRole(RoleBase):
     )
 
 
-RoleConfig = Annotated[ScriptedRole | OpenAIRole | LlamaCppRole, Field(discriminator="backend")]
+class HFRole(RoleBase):
+    """A Hugging Face transformers model run in this process (``backend: hf``).
+
+    GGUF files are dequantised to float32 on load (converted once, then cached); prompts are
+    kept as token ids and each sample's KV cache is reused from one request to the next.
+    """
+
+    backend: Literal["hf"]
+    model: ModelRef = Field(description="A Hugging Face model folder, a .gguf file or a catalogued model name.")
+    device: str = Field(
+        "auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.", json_schema_extra=NOT_HASHED
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights' dtype: auto is float32 on CPU, bfloat16 (or float16) on CUDA."
+    )
+    max_batch_size: int = Field(
+        8, ge=1, description="Requests decoded together in one batch.", json_schema_extra=NOT_HASHED
+    )
+    cache_tokens: int = Field(
+        32768,
+        ge=0,
+        description="Tokens of KV cache kept for samples between their requests (least recently used go first).",
+        json_schema_extra=NOT_HASHED,
+    )
+
+
+RoleConfig = Annotated[ScriptedRole | OpenAIRole | LlamaCppRole | HFRole, Field(discriminator="backend")]
 
 
 class GuardsConfig(_Model):
@@ -303,11 +366,9 @@ def validate_config(data: dict[str, Any], *, base_dir: Path | None = None, sourc
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = _without_union_tags(err["loc"])
-            if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
-                loc.append(str((err.get("ctx") or {}).get("discriminator", "")).strip("'"))
+            loc, msg = _readable(err)
             where = ".".join(str(p) for p in loc) or "(top level)"
-            lines.append(f"  {where}: {err['msg']}")
+            lines.append(f"  {where}: {msg}")
         raise ConfigError(f"{source} is not valid:\n" + "\n".join(lines)) from None
 
 
@@ -315,7 +376,8 @@ def _union_tags() -> frozenset[str]:
     """The discriminator values of the config's tagged unions (backends, predictor types)."""
     tags: set[str] = set()
     for union in (RoleConfig, PredictorConfig):
-        for member in get_args(get_args(union)[0]) or (get_args(union)[0],):
+        inner = get_args(union)[0]
+        for member in get_args(inner) or (inner,):
             for name in ("backend", "type"):
                 field = getattr(member, "model_fields", {}).get(name)
                 if field is not None:
@@ -323,12 +385,17 @@ def _union_tags() -> frozenset[str]:
     return frozenset(tags)
 
 
-def _without_union_tags(loc: tuple[int | str, ...]) -> list[int | str]:
-    """An error location as the user wrote it: pydantic adds the union's tag after a tagged field."""
+def _readable(err: Any) -> tuple[tuple[Any, ...], str]:
+    """An error's location and message as a user writes the config: the union tag that pydantic
+    puts in the location of a role's (or predictor's) fields is left out, and a bad tag is named."""
+    loc = tuple(err["loc"])
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        ctx = err.get("ctx") or {}
+        key = str(ctx.get("discriminator", "backend")).strip("'")
+        given = ctx.get("tag")
+        what = f"unknown {key} {given!r}" if given else f"say which {key} this is"
+        return (*loc, key), f"{what}; choose one of: {ctx.get('expected_tags', '')}"
     tags = _union_tags()
-    out: list[int | str] = []
-    for i, part in enumerate(loc):
-        if i > 0 and part in tags and loc[i - 1] in ("teacher", "student", "predictor"):
-            continue
-        out.append(part)
-    return out
+    parents = ("teacher", "student", "predictor")
+    cleaned = tuple(p for i, p in enumerate(loc) if not (i and loc[i - 1] in parents and p in tags))
+    return cleaned, str(err["msg"])

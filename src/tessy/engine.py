@@ -17,11 +17,19 @@ ever waits for another (there are no lock-step rounds). The rules (design.md sec
 
 Every step costs time in the new tokens only: prompts are O(1) snapshots of append-only
 buffers, predictors read a bounded window, and spans are joined once at the end.
+
+Token-exact mode: a role with a tokenizer whose backend takes token ids keeps its prompt as
+token ids too. Its own kept tokens enter its prompt with the ids its model produced; text of
+the other role is encoded once, on its own, when the role next asks. Nothing already in a
+prompt is ever re-encoded, so what each model "said" stays exactly what it generated, and each
+request's prompt extends that role's previous prompt (a prefix-cache hit). The engine checks
+this for every request and counts the requests that do not (``SampleStats.prefix_misses``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import enum
 import logging
 import time
@@ -35,7 +43,8 @@ from .boundary.base import BoundaryPredictor, CutQuery
 from .errors import BackendError, BoundaryError, TessyError
 from .formats import Format
 from .records import Phase, Sample, SampleResult, SampleStats, Source, Span
-from .text import TextBuffer, TextView
+from .text import TextBuffer, TextView, TokenView
+from .tokenizers import Tokenizer
 
 __all__ = ["Engine", "Limits", "Mode", "RepetitionGuard", "Role"]
 
@@ -96,10 +105,17 @@ class Role:
     predictor: BoundaryPredictor
     chunk_tokens: int = 20
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    #: The model's tokenizer; with a backend that takes token ids, prompts are kept as ids.
+    tokenizer: Tokenizer | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_tokens < 1:
             raise ValueError(f"{self.name}: chunk_tokens must be at least 1")
+
+    @property
+    def token_exact(self) -> bool:
+        """Whether this role's prompts are kept as token ids (see the module's docstring)."""
+        return self.tokenizer is not None and self.backend.accepts_token_ids
 
 
 @dataclass(frozen=True)
@@ -255,19 +271,112 @@ class _Step(enum.Enum):
     ENDED = "ended"
 
 
+@dataclass(slots=True)
+class _Chunk:
+    """Generated pieces, with the ids of ``pieces[:len(ids)]`` where the backend returned ids
+    (the pieces past them, a piece cut inside its token, have none)."""
+
+    pieces: list[str]
+    ids: list[int] | None = None
+
+    @classmethod
+    def of(cls, gen: Generation) -> _Chunk:
+        ids = gen.token_ids
+        return cls(list(gen.pieces), list(ids[: len(gen.pieces)]) if ids is not None else None)
+
+    def head(self, n: int) -> _Chunk:
+        return _Chunk(self.pieces[:n], self.ids[:n] if self.ids is not None else None)
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+
 class _RoleContext:
-    """One role's prompt: its own rendering of the conversation, then the shared text."""
+    """One role's prompt: its own rendering of the conversation, then the shared text.
 
-    __slots__ = ("buffer",)
+    In token-exact mode it keeps the prompt's token ids as well, and the character offset where
+    each id's text ends (to cut back cleanly where the answer drops trailing whitespace).
+    """
 
-    def __init__(self, header: str) -> None:
+    __slots__ = ("buffer", "ends", "ids", "pending", "tokenizer")
+
+    def __init__(self, header: str, tokenizer: Tokenizer | None = None) -> None:
         self.buffer = TextBuffer(header)
+        self.tokenizer = tokenizer
+        self.pending: list[str] = []  # text appended since the ids were last brought up to date
+        self.ids: list[int] | None = None
+        self.ends: list[int] = []
+        if tokenizer is not None:
+            ids, pieces = tokenizer.encode_pieces(header, first=True)
+            self.ids = ids
+            self._add_ends(pieces)
+
+    def _add_ends(self, pieces: Sequence[str]) -> None:
+        pos = self.ends[-1] if self.ends else 0
+        for piece in pieces:
+            pos += len(piece)
+            self.ends.append(pos)
 
     def append(self, text: str) -> None:
+        """Text written by the other role (encoded when this role next needs its prompt)."""
         self.buffer.append(text)
+        if self.ids is not None and text:
+            self.pending.append(text)
+
+    def append_own(self, chunk: _Chunk) -> None:
+        """This role's own kept tokens, with the ids its model produced where there are any."""
+        text = "".join(chunk.pieces)
+        if self.ids is None or chunk.ids is None:
+            self.append(text)
+            return
+        n = len(chunk.ids)
+        # Tokens with empty pieces at the end hold part of a character whose last byte was not
+        # kept: their ids would stand for text the prompt does not have.
+        while n and not chunk.pieces[n - 1]:
+            n -= 1
+        self._flush()
+        self.buffer.append(text)
+        self.ids.extend(chunk.ids[:n])
+        self._add_ends(chunk.pieces[:n])
+        rest = "".join(chunk.pieces[n:])
+        if rest:
+            self.pending.append(rest)
+
+    def _flush(self) -> None:
+        if self.pending and self.ids is not None and self.tokenizer is not None:
+            ids, pieces = self.tokenizer.encode_pieces("".join(self.pending))
+            self.pending.clear()
+            self.ids.extend(ids)
+            self._add_ends(pieces)
 
     def prompt(self) -> Prompt:
-        return Prompt(self.buffer.view())
+        if self.ids is None:
+            return Prompt(self.buffer.view())
+        self._flush()
+        return Prompt(self.buffer.view(), TokenView(self.ids))
+
+    def answer_prompt(self, strip: int, suffix: str) -> Prompt:
+        """The prompt that closes the thinking and opens the answer: this prompt less its last
+        ``strip`` characters (whitespace the stored thinking drops), then ``suffix``. This is the
+        context's last use."""
+        dropped = self.buffer.tail(strip)
+        if suffix.startswith(dropped):  # dropping characters only to add them back: just grow
+            self.append(suffix[len(dropped) :])
+            return self.prompt()
+        text = self.buffer.text()
+        cut = len(text) - strip
+        view = TextView.of(text[:cut] + suffix)
+        if self.ids is None or self.tokenizer is None:
+            return Prompt(view)
+        self._flush()
+        # Keep the ids whose text lies wholly before the cut (not ones holding a split
+        # character's first bytes), and encode the rest afresh.
+        k = bisect.bisect_right(self.ends, cut)
+        while k > 1 and self.ends[k - 1] == self.ends[k - 2]:
+            k -= 1
+        start = self.ends[k - 1] if k else 0
+        ids = self.ids[:k] + self.tokenizer.encode_pieces(text[start:cut] + suffix)[0]
+        return Prompt(view, TokenView(ids))
 
 
 class _SpanBuilder:
@@ -323,6 +432,7 @@ class _SampleRun:
         self.spans = _SpanBuilder()
         self.thinking = TextBuffer()
         self.contexts: dict[Source, _RoleContext] = {}
+        self.last_prompts: dict[Source, Prompt] = {}  # each role's previous request's prompt
         guard = self.limits.repetition
         self.recent: deque[str] | None = deque(maxlen=guard.window) if guard else None
         self.unchecked = 0  # tokens kept since the repetition guard last looked
@@ -360,7 +470,7 @@ class _SampleRun:
         ctx = self.contexts.get(role.name)
         if ctx is None:
             header = role.format.render_think(self.sample.messages)
-            ctx = self.contexts[role.name] = _RoleContext(header)
+            ctx = self.contexts[role.name] = _RoleContext(header, role.tokenizer if role.token_exact else None)
             ctx.append(self.thinking.text())
         return ctx
 
@@ -394,30 +504,31 @@ class _SampleRun:
             self.stats.guards.append("thinking_budget")
             return
         gen = await self._generate(role, self._context(role).prompt(), left, role.format.think_stop)
-        pieces, ended, after = _thinking_part(role.format, gen)
+        chunk, ended, after = _thinking_part(role.format, gen)
         self.stats.discarded_tokens += after
-        self._keep(role, pieces)
+        self._keep(role, chunk)
         if not ended:
             self.stats.guards.append("thinking_budget")
 
     async def _chunk_step(self, role: Role, max_tokens: int) -> _Step:
         gen = await self._generate(role, self._context(role).prompt(), max_tokens, role.format.think_stop)
-        pieces, ended, after = _thinking_part(role.format, gen)
+        chunk, ended, after = _thinking_part(role.format, gen)
+        pieces = chunk.pieces
         self.stats.discarded_tokens += after
         # A cut needs a next token inside the thinking: before the end marker, none at the last piece.
         last = len(pieces) - (2 if ended else 1)
         cut = await self._find_cut(role, pieces, last) if last >= 0 else None
         if cut is None:
-            self._keep(role, pieces)
+            self._keep(role, chunk)
             return _Step.ENDED if ended else _Step.CONTINUE
         end = _word_end(pieces, cut)
         if end is not None:
-            self._keep(role, pieces[: end + 1])
+            self._keep(role, chunk.head(end + 1))
             self.stats.discarded_tokens += len(pieces) - end - 1
             return _Step.SWITCH
         # The word goes on past the chunk: it either runs into the end of thinking, or the
         # same role must write a little more to finish it.
-        self._keep(role, pieces)
+        self._keep(role, chunk)
         if ended:
             return _Step.ENDED
         return await self._finish_word(role)
@@ -428,14 +539,15 @@ class _SampleRun:
             return _Step.SWITCH  # the loop records the thinking budget
         max_tokens = min(self.limits.word_completion_tokens, left)
         gen = await self._generate(role, self._context(role).prompt(), max_tokens, role.format.think_stop)
-        pieces, ended, after = _thinking_part(role.format, gen)
+        chunk, ended, after = _thinking_part(role.format, gen)
+        pieces = chunk.pieces
         self.stats.discarded_tokens += after
         keep = _first_boundary(pieces)
         if keep is None:
             # No word boundary within the completion budget: keep it all (a very long "word").
-            self._keep(role, pieces)
+            self._keep(role, chunk)
             return _Step.ENDED if ended else _Step.SWITCH
-        self._keep(role, pieces[:keep])
+        self._keep(role, chunk.head(keep))
         self.stats.discarded_tokens += len(pieces) - keep
         return _Step.SWITCH
 
@@ -445,6 +557,7 @@ class _SampleRun:
         predictor = role.predictor
         request = self._request(role, self._context(role).prompt(), max_tokens, fmt.think_stop)
         pieces: list[str] = []
+        ids: list[int] | None = [] if role.token_exact else None  # the ids of whole pieces
         streamed = TextBuffer()  # the streamed text, for the predictor's context and end detection
         marker_len = max((len(s) for s in fmt.think_stop), default=0)
         checked = 0  # positions before this are final and hold no cut
@@ -460,13 +573,20 @@ class _SampleRun:
                     if delta.pieces:
                         start = len(streamed)
                         look = streamed.tail(marker_len) if marker_len else ""
+                        if ids is not None:
+                            if delta.token_ids is None or len(ids) < len(pieces):
+                                ids = None  # ids missing for some piece: encode the text instead
+                            else:
+                                ids.extend(delta.token_ids[: len(delta.pieces)])
                         pieces.extend(delta.pieces)
                         for p in delta.pieces:
                             streamed.append(p)
                         hit = fmt.find_think_end(look + "".join(delta.pieces)) if marker_len else None
                         if hit is not None:
                             offset = start - len(look)
-                            pieces, after = _trim_at(pieces, offset + hit[0], offset + hit[1])
+                            pieces, after, whole = _trim_at(pieces, offset + hit[0], offset + hit[1])
+                            if ids is not None:
+                                del ids[whole:]
                             ended = True
                     finish = delta.finish_reason or finish
                     if delta.finish_reason == "stop":
@@ -492,17 +612,18 @@ class _SampleRun:
         except BackendError as exc:
             self._request_failed(exc)
             return _Step.CONTINUE
+        chunk = _Chunk(pieces, ids)
         if cut is None:
-            self._keep(role, pieces)
+            self._keep(role, chunk)
             return _Step.ENDED if ended else _Step.CONTINUE
         if end is None:
-            self._keep(role, pieces)
+            self._keep(role, chunk)
             if ended:
                 return _Step.ENDED
             if finish == "length":
                 return await self._finish_word(role)
             return _Step.SWITCH
-        self._keep(role, pieces[: end + 1])
+        self._keep(role, chunk.head(end + 1))
         self.stats.discarded_tokens += len(pieces) - end - 1 + after
         return _Step.SWITCH
 
@@ -521,7 +642,8 @@ class _SampleRun:
             raise BoundaryError(f"{role.name}'s predictor returned cut {cut} outside 0..{query.max_position}")
         return cut
 
-    def _keep(self, role: Role, pieces: Sequence[str], phase: Phase = "think") -> None:
+    def _keep(self, role: Role, chunk: _Chunk, phase: Phase = "think") -> None:
+        pieces = chunk.pieces
         if not pieces:
             return
         self.spans.add(role.name, phase, pieces)
@@ -534,8 +656,11 @@ class _SampleRun:
             self.stats.think_tokens += n
             text = "".join(pieces)
             self.thinking.append(text)
-            for ctx in self.contexts.values():
-                ctx.append(text)
+            for name, ctx in self.contexts.items():
+                if name == role.name:
+                    ctx.append_own(chunk)
+                else:
+                    ctx.append(text)
         else:
             self.stats.answer_tokens += n
         guard = self.limits.repetition
@@ -553,10 +678,11 @@ class _SampleRun:
         left = self.limits.max_total_tokens - self.stats.total_tokens
         if left <= 0:
             raise _Failed("token_budget: no tokens left for the answer")
-        thinking = self.thinking.text().rstrip()
-        prompt = Prompt(TextView.of(role.format.render_answer(self.sample.messages, thinking)))
+        thinking = self.thinking.text()
+        strip = len(thinking) - len(thinking.rstrip())
+        prompt = self._context(role).answer_prompt(strip, role.format.answer_suffix())
         gen = await self._generate(role, prompt, left, role.format.answer_stop, phase="answer")
-        self._keep(role, gen.pieces, phase="answer")
+        self._keep(role, _Chunk(gen.pieces), phase="answer")
         if gen.finish_reason == "length":
             raise _Failed(
                 f"token_budget: the answer did not end within max_total_tokens={self.limits.max_total_tokens}"
@@ -568,6 +694,11 @@ class _SampleRun:
     def _request(
         self, role: Role, prompt: Prompt, max_tokens: int, stop: tuple[str, ...], phase: Phase = "think"
     ) -> GenerateRequest:
+        previous = self.last_prompts.get(role.name)
+        if previous is not None and not _extends(prompt, previous):
+            self.stats.prefix_misses += 1
+            logger.debug("sample %s: the %s's prompt does not extend its previous one", self.sample.id, role.name)
+        self.last_prompts[role.name] = prompt
         return GenerateRequest(
             prompt=prompt,
             max_tokens=max_tokens,
@@ -612,32 +743,46 @@ def _tail_of(pieces: Sequence[str], end: int, n_chars: int) -> str:
     return text[-n_chars:] if len(text) > n_chars else text
 
 
-def _thinking_part(fmt: Format, gen: Generation) -> tuple[list[str], bool, int]:
-    """The pieces of a chunk that belong to the thinking, whether thinking ended, and how many
+def _extends(prompt: Prompt, previous: Prompt) -> bool:
+    """Whether ``prompt`` begins with all of ``previous`` (as token ids where both have them)."""
+    if prompt.token_ids is not None and previous.token_ids is not None:
+        ids = prompt.token_ids
+        if isinstance(ids, TokenView):
+            return ids.startswith(previous.token_ids)
+        n = len(previous.token_ids)
+        return n <= len(ids) and list(ids[:n]) == list(previous.token_ids)
+    return prompt.view.startswith(previous.view)
+
+
+def _thinking_part(fmt: Format, gen: Generation) -> tuple[_Chunk, bool, int]:
+    """The part of a chunk that belongs to the thinking, whether thinking ended, and how many
     pieces came after the end-of-thinking marker (generated for nothing)."""
-    pieces = gen.pieces
+    chunk = _Chunk.of(gen)
     hit = fmt.find_think_end(gen.text) if fmt.think_stop else None
     if hit is not None:
-        kept, after = _trim_at(pieces, hit[0], hit[1])
-        return kept, True, after
-    return list(pieces), gen.finish_reason == "stop", 0
+        kept, after, whole = _trim_at(chunk.pieces, hit[0], hit[1])
+        return _Chunk(kept, chunk.ids[:whole] if chunk.ids is not None else None), True, after
+    return chunk, gen.finish_reason == "stop", 0
 
 
-def _trim_at(pieces: Sequence[str], start: int, end: int) -> tuple[list[str], int]:
-    """The pieces before character ``start`` (where a marker begins), and how many pieces lie
-    wholly after character ``end`` (where it ends): those were generated for nothing."""
+def _trim_at(pieces: Sequence[str], start: int, end: int) -> tuple[list[str], int, int]:
+    """The pieces before character ``start`` (where a marker begins), how many pieces lie
+    wholly after character ``end`` (where it ends: those were generated for nothing), and how
+    many of the kept pieces are whole (the last one may be cut inside its token)."""
     kept: list[str] = []
     pos = 0
     after = 0
+    whole = 0
     for piece in pieces:
         if pos + len(piece) <= start:
             kept.append(piece)
+            whole += 1
         elif pos < start:
             kept.append(piece[: start - pos])
         elif pos >= end:
             after += 1
         pos += len(piece)
-    return kept, after
+    return kept, after, whole
 
 
 def _word_end(pieces: Sequence[str], cut: int) -> int | None:

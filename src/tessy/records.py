@@ -60,6 +60,8 @@ class SampleStats:
     requests: int = 0
     failed_requests: int = 0
     discarded_tokens: int = 0
+    #: Requests whose prompt did not extend the same role's previous prompt (a prefix-cache miss).
+    prefix_misses: int = 0
     think_tokens: int = 0
     answer_tokens: int = 0
     guards: list[str] = field(default_factory=list)
@@ -82,6 +84,7 @@ class SampleStats:
             "requests": self.requests,
             "failed_requests": self.failed_requests,
             "discarded_tokens": self.discarded_tokens,
+            "prefix_misses": self.prefix_misses,
             "think_tokens": self.think_tokens,
             "answer_tokens": self.answer_tokens,
             "teacher_share": round(self.teacher_share, 4),

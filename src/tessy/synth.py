@@ -19,6 +19,7 @@ from .engine import Engine, Limits, RepetitionGuard, Role
 from .errors import ConfigError
 from .formats import get_format
 from .records import Sample, SampleResult, Source
+from .tokenizers import Tokenizer, load_tokenizer
 
 __all__ = ["RunSummary", "asynthesize", "build_engine", "build_role", "count_prompts", "synthesize"]
 
@@ -43,6 +44,8 @@ class RunSummary:
     switches: int = 0
     requests: int = 0
     discarded_tokens: int = 0
+    #: Requests whose prompt did not extend the same role's previous prompt (see SampleStats).
+    prefix_misses: int = 0
     guards: Counter[str] = field(default_factory=Counter)
     wall_s: float = 0.0
 
@@ -78,6 +81,7 @@ class RunSummary:
             self.failed[(result.failure or "unknown").split(":", 1)[0]] += 1
         self.requests += result.stats.requests
         self.discarded_tokens += result.stats.discarded_tokens
+        self.prefix_misses += result.stats.prefix_misses
         self.guards.update(result.stats.guards)
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,6 +99,7 @@ class RunSummary:
             "switches_per_sample": round(self.switches_per_sample, 3),
             "requests": self.requests,
             "discarded_tokens": self.discarded_tokens,
+            "prefix_misses": self.prefix_misses,
             "guards": dict(self.guards),
             "tokens_per_s": round(self.tokens_per_s, 2),
             "wall_s": round(self.wall_s, 3),
@@ -102,14 +107,22 @@ class RunSummary:
 
 
 def build_role(name: Source, config: RoleConfig) -> Role:
-    """A ready :class:`Role` from its config (backend, format and predictor)."""
+    """A ready :class:`Role` from its config (backend, tokenizer, format and predictor)."""
+    backend = create_backend(config)
+    # The role's tokenizer: the one configured, else the one its backend runs (hf).
+    tokenizer: Tokenizer | None = getattr(backend, "tokenizer", None) if config.backend == "hf" else None
+    if config.tokenizer is not None and tokenizer is None:
+        tokenizer = load_tokenizer(config.tokenizer)
     return Role(
         name=name,
-        backend=create_backend(config),
-        format=get_format(config.format, system_prompt=config.system_prompt),
+        backend=backend,
+        format=get_format(
+            config.format, system_prompt=config.system_prompt, tokenizer=tokenizer, options=config.format_options
+        ),
         predictor=create_predictor(config.predictor),
         chunk_tokens=config.chunk_tokens,
         sampling=_sampling(config),
+        tokenizer=tokenizer,
     )
 
 

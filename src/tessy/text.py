@@ -1,4 +1,4 @@
-"""Append-only text with O(1) snapshots.
+"""Append-only text and token ids with O(1) snapshots.
 
 A response grows by small chunks while every request needs "the text so far". Joining the
 whole text at every step would make each step cost O(length of the response); instead a
@@ -9,7 +9,10 @@ must send it) pays for joining it, and the join is cached so repeated use stays 
 
 from __future__ import annotations
 
-__all__ = ["TextBuffer", "TextView"]
+from collections.abc import Iterator, Sequence
+from typing import overload
+
+__all__ = ["TextBuffer", "TextView", "TokenView"]
 
 
 class TextBuffer:
@@ -120,9 +123,73 @@ class TextView:
     def endswith(self, text: str) -> bool:
         return self.tail(len(text)) == text
 
+    def startswith(self, other: TextView) -> bool:
+        """Whether this text begins with ``other`` (O(1) for two snapshots of one buffer)."""
+        if other._buffer is self._buffer and not other._suffix and other._n_parts <= self._n_parts:
+            return True
+        return len(other) <= len(self) and self.text.startswith(other.text)
+
     def extended(self, suffix: str) -> TextView:
         """This view followed by ``suffix`` (meant for short suffixes: it is copied)."""
         if not suffix:
             return self
         base_len = self._length - len(self._suffix)
         return TextView(self._buffer, self._n_parts, base_len, self._suffix + suffix)
+
+
+class TokenView(Sequence[int]):
+    """An immutable snapshot of the first ids of a list that only grows at the end.
+
+    Taking one costs O(1); so does asking whether one snapshot extends another of the same list.
+    """
+
+    __slots__ = ("_ids", "_n")
+
+    def __init__(self, ids: list[int], n: int | None = None) -> None:
+        self._ids = ids
+        self._n = len(ids) if n is None else n
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        if isinstance(index, slice):
+            return self._ids[: self._n][index]
+        if index < 0:
+            index += self._n
+        if not 0 <= index < self._n:
+            raise IndexError("token index out of range")
+        return self._ids[index]
+
+    def __iter__(self) -> Iterator[int]:
+        ids, n = self._ids, self._n
+        return (ids[i] for i in range(n))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TokenView):
+            return self.tolist() == other.tolist()
+        if isinstance(other, list):
+            return self.tolist() == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.tolist()))
+
+    def __repr__(self) -> str:
+        return f"TokenView({self._n} ids, ends {self._ids[max(0, self._n - 8) : self._n]})"
+
+    def tolist(self) -> list[int]:
+        return self._ids[: self._n]
+
+    def startswith(self, other: Sequence[int]) -> bool:
+        """Whether these ids begin with ``other`` (O(1) for two snapshots of one list)."""
+        if isinstance(other, TokenView) and other._ids is self._ids:
+            return other._n <= self._n
+        n = len(other)
+        return n <= self._n and self._ids[:n] == list(other)

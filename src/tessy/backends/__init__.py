@@ -77,4 +77,16 @@ def create_backend(config: RoleConfig) -> Backend:
             startup_timeout_s=config.startup_timeout_s,
             timeout_s=config.timeout_s,
         )
+    if config.backend == "hf":
+        from .hf import HFBackend  # torch and transformers load only when this backend is used
+
+        return HFBackend.load(
+            config.model,
+            tokenizer=config.tokenizer,
+            device=config.device,
+            dtype=config.dtype,
+            max_batch_size=config.max_batch_size,
+            cache_tokens=config.cache_tokens,
+            max_concurrency=config.max_concurrency,
+        )
     raise ConfigError(f"unknown backend {config.backend!r}")

@@ -43,7 +43,11 @@ class SamplingParams:
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
-    """A prompt as text (a cheap view) and, where the caller keeps them, as token ids."""
+    """A prompt as text (a cheap view) and, where the caller keeps them, as token ids.
+
+    The ids, when given, are exactly the prompt to send: a BOS token is in them where the model
+    wants one, and a backend adds nothing.
+    """
 
     view: TextView
     token_ids: Sequence[int] | None = None
@@ -81,6 +85,11 @@ class Generation:
     ``finish_reason`` is ``"length"`` when ``max_tokens`` ran out and ``"stop"`` when the model
     ended its turn or hit a stop string (``stop_reason`` names the string; ``None`` for the
     end-of-sequence token). A stop string itself is not part of ``pieces``.
+
+    ``token_ids[i]`` is the id of the token whose text is ``pieces[i]`` (one piece per token; a
+    token that holds only part of a character has an empty piece). It may be one shorter than
+    ``pieces`` when a stop string began inside the last token: that piece is then only part of
+    its token's text and has no id. The end-of-sequence token is in neither.
     """
 
     pieces: list[str]

@@ -133,7 +133,9 @@ class OpenAICompletionsBackend(Backend):
                 body["repetition_penalty"] = s.repetition_penalty
         if s.seed is not None:
             body["seed"] = s.seed
-        if request.stop:
+        if request.stop and not stream:
+            # Streams find stop strings here, on the client: a server that holds stop strings
+            # back (vLLM holds the last len(stop) - 1 characters) would merge tokens in a chunk.
             body["stop"] = list(request.stop)
         if self.logprobs and not stream:
             body["logprobs"] = 1
@@ -215,6 +217,8 @@ class OpenAICompletionsBackend(Backend):
                 raise _Retry(f"empty completion from {ep.url}")
             pieces = _align(text, _token_strings(choice.get("logprobs")), self.tokenizer)
             ids = choice.get("token_ids")
+            if isinstance(ids, list) and finish == "stop" and len(ids) == len(pieces) + 1:
+                ids = ids[:-1]  # the end-of-sequence (or stop) token, which has no text
             if not (isinstance(ids, list) and len(ids) == len(pieces)):
                 ids = None
             usage = data.get("usage") or {}
@@ -252,9 +256,23 @@ class OpenAICompletionsBackend(Backend):
         # raises, and the engine redoes the whole step.
         response: httpx.Response = await self._with_retries(request, once)
         got_any = False
+        stops = request.stop
+        longest = max((len(x) for x in stops), default=0)
+        recent = ""  # the last characters streamed, to find a stop string split over chunks
         try:
             async for delta in _sse_deltas(response):
                 got_any = got_any or bool(delta.pieces)
+                if stops and delta.pieces:
+                    text = delta.pieces[0]
+                    window = recent + text
+                    hit = min(((window.find(x), x) for x in stops if x in window), default=None)
+                    if hit is not None:
+                        keep = hit[0] - len(recent)
+                        if keep > 0:
+                            yield StreamDelta(pieces=[text[:keep]], token_ids=None)
+                        yield StreamDelta(pieces=[], finish_reason="stop", stop_reason=hit[1])
+                        return
+                    recent = window[-longest:]
                 yield delta
                 if delta.finish_reason is not None:
                     return

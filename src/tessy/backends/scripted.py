@@ -8,6 +8,9 @@ the whole prompt, so it costs O(new tokens) a request and suits benchmarks as we
 It also scores text (:meth:`ScriptedBackend.score`) as a model that knows only its own script
 would: tokens it could have written are likely, others are not. That is enough to check that
 a report ranks text written by this fake as more its own than text written by another.
+
+With ``token_ids=True`` it also plays a token-in/token-out server: it takes prompts as ids and
+returns the ids of its pieces in its :class:`FakeTokenizer`'s vocabulary.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class ScriptedBackend(Backend):
         record: bool = True,
         max_concurrency: int = 64,
         known_pieces: Iterable[str] | None = None,
+        token_ids: bool = False,
     ) -> None:
         super().__init__(max_concurrency=max_concurrency)
         if (script is None) == (responder is None):
@@ -66,6 +70,12 @@ class ScriptedBackend(Backend):
         self.known_pieces: frozenset[str] = frozenset(
             known_pieces if known_pieces is not None else self._script_pieces(self._script)
         )
+        self._ids_tokenizer: FakeTokenizer | None = None
+        if token_ids:
+            if not isinstance(self.tokenizer, FakeTokenizer):
+                raise ValueError("token_ids=True needs a FakeTokenizer (one id per scripted piece)")
+            self._ids_tokenizer = self.tokenizer
+            self.accepts_token_ids = self.returns_token_ids = True
         self.latency_s = latency_s
         self.record = record
         #: Every request received, in order (when ``record`` is on).
@@ -174,7 +184,7 @@ class ScriptedBackend(Backend):
             if self.latency_s:
                 await asyncio.sleep(self.latency_s)
             pieces = self._next(request)
-            return _truncate(pieces, request)
+            return self._with_ids(_truncate(pieces, request))
         finally:
             self.in_flight -= 1
 
@@ -190,11 +200,12 @@ class ScriptedBackend(Backend):
         try:
             if self.latency_s:
                 await asyncio.sleep(self.latency_s)
-            whole = _truncate(self._next(request), request)
+            whole = self._with_ids(_truncate(self._next(request), request))
             for i, piece in enumerate(whole.pieces):
                 last = i == len(whole.pieces) - 1
                 yield StreamDelta(
                     pieces=[piece],
+                    token_ids=whole.token_ids[i : i + 1] if whole.token_ids is not None else None,
                     finish_reason=whole.finish_reason if last else None,
                     stop_reason=whole.stop_reason if last else None,
                 )
@@ -206,6 +217,13 @@ class ScriptedBackend(Backend):
             self.in_flight -= 1
             if not finished:
                 self.aborted_streams += 1
+
+    def _with_ids(self, gen: Generation) -> Generation:
+        if self._ids_tokenizer is not None:
+            # A piece cut by a stop string is no longer a whole token: it gets no id.
+            n = len(gen.pieces) - (1 if gen.stop_reason is not None and gen.pieces else 0)
+            gen.token_ids = self._ids_tokenizer.ids_of(gen.pieces[:n])
+        return gen
 
 
 def _back_one(split: Sequence[Sequence[str]], r: int, p: int) -> tuple[int, int]:

@@ -23,7 +23,8 @@ Two transports:
   core could not keep up).
 - ``http``: a simulated server runs in a subprocess in real time and tessy reaches it through
   its OpenAI-compatible backend (``backend: openai``), so client costs (HTTP, JSON, rendering)
-  count in the wall time too. ``auto`` picks ``http`` where that backend exists.
+  count in the wall time too (and machine noise with them). ``in-process`` is the default: its
+  ratios are reproducible and hold the servers' side of the cost alone.
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..backends.base import Backend, GenerateRequest, Prompt, SamplingParams
 from ..boundary import LexiconPredictor
 from ..engine import Engine, Limits, Role
-from ..errors import ConfigError, TessyError
+from ..errors import TessyError
 from ..formats import get_format
 from ..records import Sample, SampleResult, Source
 from .backend import SimBackend
@@ -56,7 +57,7 @@ __all__ = ["FULL", "QUICK", "BenchConfig", "BenchResult", "BenchRow", "openai_ro
 
 logger = logging.getLogger(__name__)
 
-Transport = Literal["auto", "http", "in-process"]
+Transport = Literal["http", "in-process"]
 SETUPS = ("lower", "chunked", "streaming")
 TEACHER_MODEL, STUDENT_MODEL = "sim-teacher", "sim-student"
 #: Where the tessy package lies, so that the server subprocess imports the same code.
@@ -74,7 +75,7 @@ class BenchConfig:
     format: str = "qwen3"
     workload: Workload = field(default_factory=lambda: Workload((1000, 2000), (80, 160)))
     params: SimParams = field(default_factory=SimParams)
-    transport: Transport = "auto"
+    transport: Transport = "in-process"
     #: Replace the predictors' lookahead (tokens a streamed cut waits for past its next token);
     #: ``None`` keeps theirs. A sensitivity knob: the lexicon needs 5, a causal classifier 0.
     lookahead: int | None = None
@@ -333,18 +334,6 @@ def _limits(config: BenchConfig) -> Limits:
     return Limits(max_total_tokens=2 * most + 64, max_thinking_tokens=2 * most, repetition=None)
 
 
-def http_backend_available() -> bool:
-    """Whether tessy has the OpenAI-compatible backend (``backend: openai``) in this build."""
-    from ..config import validate_config
-
-    role = openai_role("http://127.0.0.1:9/v1", "m", fmt="qwen3", chunk_tokens=20, max_concurrency=1)
-    try:
-        validate_config({"teacher": role, "student": role})
-    except ConfigError:
-        return False
-    return True
-
-
 # -- running ------------------------------------------------------------------------------------
 
 
@@ -500,20 +489,6 @@ async def _server_process(config: BenchConfig) -> AsyncIterator[str]:
 def run_bench(config: BenchConfig = QUICK, *, progress: Callable[[BenchRow], None] | None = None) -> BenchResult:
     """Run the benchmark (blocking). ``progress`` receives each row as it is measured."""
     transport = config.transport
-    if transport == "auto":
-        transport = "http" if http_backend_available() else "in-process"
-        if transport == "in-process":
-            logger.warning(
-                "tessy has no OpenAI-compatible backend (backend: openai) in this build: "
-                "benchmarking in-process on a virtual clock"
-            )
-    elif transport == "http" and not http_backend_available():
-        raise ConfigError(
-            "the http transport needs tessy's OpenAI-compatible backend (backend: openai), "
-            "which this build does not have; use --transport in-process"
-        )
-    config = replace(config, transport=transport)
-
     if transport == "in-process":
 
         async def main_virtual() -> list[BenchRow]:

@@ -108,7 +108,7 @@ def test_report_on_three_modes_has_every_part(runs: dict[str, Path], tmp_path: P
     nll = {n.name: n.nll for n in report.nll}
     assert nll["student-only"] < nll["tessy"] < nll["teacher-only"]
     # The span viewer colours both roles.
-    assert 'class="t"' in html and 'class="s"' in html and "add-1" in html
+    assert 'class="span teacher"' in html and 'class="span student"' in html and "add-1" in html
 
 
 def test_model_text_is_shown_as_text_never_run(tmp_path: Path) -> None:

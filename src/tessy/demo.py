@@ -20,9 +20,10 @@ from typing import Any
 
 from .backends.llamacpp import LlamaCppBackend
 from .config import SynthConfig, validate_config
+from .data import iter_records
 from .models import CATALOGUE, resolve
 from .synth import RunSummary, asynthesize, build_engine, close_engine
-from .view import read_records, render_view
+from .view import render_view
 
 __all__ = ["DEMO_SYSTEM_PROMPT", "DemoResult", "arun_demo", "demo_config"]
 
@@ -134,7 +135,7 @@ def _prepare(output_dir: Path, models: tuple[str, ...], fresh: bool) -> None:
 
 def _finish(output_dir: Path, run: RunSummary, servers_s: float) -> DemoResult:
     data = output_dir / "data.jsonl"
-    records = read_records(data) if data.exists() else []
+    records = list(iter_records(data)) if data.exists() else []
     summary = _summarize(records, run, servers_s)
     view = output_dir / "view.html"
     view.write_text(render_view(records, title="tessy demo", summary=summary), encoding="utf-8")

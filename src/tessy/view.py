@@ -6,12 +6,10 @@ All model text is escaped; the page needs no network (no scripts, no external st
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
-__all__ = ["SPAN_CSS", "read_records", "render_spans", "render_view"]
+__all__ = ["SPAN_CSS", "render_spans", "render_view"]
 
 #: Styles for spans (shared by every page that shows them).
 SPAN_CSS = """
@@ -30,18 +28,6 @@ body { font: 15px/1.5 system-ui, sans-serif; margin: 2em auto; max-width: 60em; 
 .stats, .meta { color: #4b5563; font-size: 13px; }
 table.summary td { padding: .1em .8em .1em 0; }
 """
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSONL file (a damaged line is skipped)."""
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
 
 
 def render_spans(spans: Iterable[Mapping[str, Any]]) -> str:

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from html import escape
 from typing import TYPE_CHECKING, Any
 
+from ..view import SPAN_CSS, render_spans
 from .plots import colour
 from .runs import Run, RunStats, prompt_messages
 
@@ -32,7 +33,6 @@ summary{cursor:pointer;font-weight:600}
 .run{margin:.6rem 0 .9rem}.runname{font-weight:600;font-size:.9rem}
 .prompt,.resp{white-space:pre-wrap;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.82rem;
 background:#fafafa;border:1px solid #eee;padding:.45rem;border-radius:3px;overflow-wrap:anywhere}
-.t{background:#dbe9f7}.s{background:#fde3c0}.a{text-decoration:underline;text-decoration-color:#999}
 .legend span{padding:0 .4rem;margin-right:.6rem}.swatch{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem}
 .best{font-weight:700}
 """
@@ -175,22 +175,11 @@ def _nll_section(report: Report) -> str:
     return "".join(parts)
 
 
-def _spans_html(record: dict[str, Any]) -> str:
-    out = []
-    for span in record.get("spans") or ():
-        source = "t" if span.get("source") == "teacher" else "s"
-        phase = str(span.get("phase", ""))
-        cls = f"{source} a" if phase == "answer" else source
-        title = f"{span.get('source', '?')}, {phase}, {span.get('tokens', '?')} tokens"
-        out.append(f'<span class="{cls}" title="{escape(title)}">{escape(str(span.get("text", "")))}</span>')
-    return "".join(out)
-
-
 def _viewer_section(runs: Sequence[Run], ids: Sequence[str]) -> str:
     parts = [
         "<h2>Responses</h2>",
-        '<p class="legend"><span class="t">teacher</span><span class="s">student</span>'
-        '<span class="a">answer (underlined)</span> Hover a span for its source and length.</p>',
+        '<p class="legend"><span class="span teacher">teacher</span><span class="span student">student</span>'
+        '<span class="span student answer">answer (outlined)</span> Hover a span for its source and length.</p>',
     ]
     if not ids:
         parts.append('<p class="note">No response to show.</p>')
@@ -210,7 +199,7 @@ def _viewer_section(runs: Sequence[Run], ids: Sequence[str]) -> str:
                 why = f"failed: {failure.get('failure')}" if failure else "not in this run"
                 parts.append(f'<div class="note">{escape(str(why))}</div></div>')
                 continue
-            parts.append(f'<div class="resp">{_spans_html(record)}</div></div>')
+            parts.append(f'<div class="resp">{render_spans(record.get("spans") or ())}</div></div>')
         parts.append("</details>")
     return "".join(parts)
 
@@ -240,5 +229,5 @@ def render_html(report: Report) -> str:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>tessy report: {escape(', '.join(r.name for r in report.runs))}</title>"
-        f"<style>{_CSS}</style></head><body>" + "".join(body) + "</body></html>\n"
+        f"<style>{_CSS}{SPAN_CSS}</style></head><body>" + "".join(body) + "</body></html>\n"
     )

@@ -133,3 +133,25 @@ def test_context_is_read_only_at_its_tail(lex):
     spy = Spy(base._buffer, base._n_parts, len(base))
     lex.token_types(spy, toks(" so| x"))
     assert asked and max(asked) <= lex.context_chars
+
+
+@pytest.mark.parametrize(
+    ("chunk", "settled"),
+    [
+        (" we| let", 1),  # "let" may become "let me"
+        (" we| let| x", 3),  # "let x" is no phrase: all settled
+        (" and| so", 1),  # "so" may go on ("sofa")
+        (" and| so|,", 3),
+        (" x| hold| o", 1),  # "hold o" may become "hold on"
+        (" x| =| 4", 3),
+    ],
+)
+def test_settled_pieces_are_those_no_phrase_under_way_can_change(lex, chunk, settled):
+    assert lex.settled(TextView.of("Now "), toks(chunk)) == settled
+
+
+def test_settled_sees_a_phrase_begun_in_the_context(lex):
+    assert lex.settled(TextView.of("and then let"), toks(" m")) == 0
+    # "let me see" may still go on ("let me seen": then "see" is not style): nothing settled yet.
+    assert lex.settled(TextView.of("and then let"), toks(" me| see")) == 0
+    assert lex.settled(TextView.of("and then let"), toks(" me| see|,| x")) == 4

@@ -593,11 +593,12 @@ class _SampleRun:
                         ended = True
                     done = ended or delta.finish_reason is not None
                     if cut is None:
-                        final = len(pieces) - 1 - (0 if done else 1 + predictor.lookahead)
+                        context = self.thinking.view().extended(_tail_of(pieces, checked, predictor.context_chars))
+                        # A cut at j is final once piece j + 1 can no longer change type.
+                        final = len(pieces) - 1 if done else checked + predictor.settled(context, pieces[checked:]) - 2
                         if ended:
                             final = min(final, len(pieces) - 2)
                         if final >= checked:
-                            context = self.thinking.view().extended(_tail_of(pieces, checked, predictor.context_chars))
                             j = await self._find_cut(role, pieces[checked:], final - checked, context)
                             if j is None:
                                 checked = final + 1

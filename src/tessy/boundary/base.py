@@ -82,6 +82,15 @@ class BoundaryPredictor(ABC):
     async def find_cut(self, query: CutQuery) -> int | None:
         """The position to cut after (``0 <= j <= query.max_position``), or ``None``."""
 
+    def settled(self, context: TextView, pieces: Sequence[str]) -> int:
+        """How many leading pieces have a type that text still to come cannot change.
+
+        The streaming loop takes a cut at ``j`` as final once piece ``j + 1`` is settled. By
+        default all pieces are, but the last ``lookahead``; a predictor that can tell better
+        (the lexicon knows when no phrase can still be under way) makes streams stop sooner.
+        """
+        return max(0, len(pieces) - self.lookahead)
+
     async def aclose(self) -> None:
         """Release what the predictor holds (models, worker tasks)."""
 

@@ -68,6 +68,7 @@ DEFAULT_PHRASES: tuple[str, ...] = (
 _CONTEXT_CHARS = 96
 _SPACE = re.compile(r"\s")
 _ALNUM = re.compile(r"[^\W_]")
+_WORD_START = re.compile(r"(?<!\w)\w")
 _LAST_ALNUM = re.compile(r"[^\W_](?=[\W_]*\Z)")
 
 
@@ -79,6 +80,11 @@ def read_phrases(path: Path) -> list[str]:
         raise ConfigError(f"cannot read the phrases file {path}: {exc}") from exc
     phrases = [line.split("#", 1)[0].strip() for line in lines]
     return [p for p in phrases if p]
+
+
+def _norm(text: str) -> str:
+    """Text as phrases are written: lower case, single spaces, straight apostrophes."""
+    return re.sub(r"\s+", " ", text.lower().replace("’", "'"))
 
 
 def _phrase_pattern(phrase: str) -> str:
@@ -111,6 +117,35 @@ class LexiconPredictor(NextTokenTypePredictor):
         # Enough tokens to see a whole phrase after the next token (tokens are at most words).
         self.lookahead = max(len(p.split()) for p in self.phrases) + 1
         self.context_chars = _CONTEXT_CHARS
+        self._longest = max(len(p) for p in self.phrases) + 1
+
+    def settled(self, context: TextView, pieces: Sequence[str]) -> int:
+        """Pieces before the first place where a phrase may still be under way.
+
+        A phrase may be under way where a word starts and the text from there (lower case, single
+        spaces) is the start of a phrase: ``let`` or ``let m`` (``let me``), or ``so`` at the very
+        end (the word may go on: ``sofa``). Types before that place cannot change any more.
+        """
+        if not pieces:
+            return 0
+        chunk = "".join(pieces)
+        text = context.tail(self._longest) + chunk
+        frontier = len(text)
+        for m in _WORD_START.finditer(text, max(0, len(text) - 4 * self._longest)):
+            rest = _norm(text[m.start() :])
+            ends_in_word = text[-1:].isalnum()
+            if any(p.startswith(rest) and (len(p) > len(rest) or ends_in_word) for p in self.phrases):
+                frontier = m.start()
+                break
+        cut = frontier - (len(text) - len(chunk))  # in chunk coordinates
+        n = 0
+        pos = 0
+        for piece in pieces:
+            pos += len(piece)
+            if pos > cut:
+                break
+            n += 1
+        return n
 
     def next_token_types(self, context: TextView, pieces: Sequence[str]) -> list[TokenType | None]:
         types = self.token_types(context, pieces)

@@ -29,4 +29,8 @@ def create_predictor(config: PredictorConfig) -> BoundaryPredictor:
         return LexiconPredictor(
             config.phrases, phrases_file=config.phrases_file, replace_defaults=config.replace_defaults
         )
+    if config.type == "classifier":
+        from .classifier import ClassifierPredictor  # imports torch lazily, when the model loads
+
+        return ClassifierPredictor.from_config(config)
     raise ConfigError(f"unknown predictor type {config.type!r}")

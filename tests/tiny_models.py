@@ -58,10 +58,11 @@ def tiny_classifier(tokenizer: Any, seed: int = 0, decisive: bool = True) -> Any
     return model
 
 
-def save_tiny_backbone(folder: Path, seed: int = 0) -> Path:
-    """A tiny checkpoint folder (model and tokenizer), usable as a backbone or as a predictor."""
+def save_tiny_backbone(folder: Path, seed: int = 0, decisive: bool = True) -> Path:
+    """A tiny checkpoint folder (model and tokenizer), usable as a predictor, or (``decisive=False``)
+    as a backbone to train."""
     tokenizer = tiny_tokenizer()
-    model = tiny_classifier(tokenizer, seed)
+    model = tiny_classifier(tokenizer, seed, decisive)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))

@@ -143,6 +143,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     mdl.add_argument("names", nargs="*", help="model names (see 'tessy models list')")
     mdl.set_defaults(func=_models)
+
+    from .predictor.cli import register as register_predictor
+
+    register_predictor(sub, _print_table)
     return parser
 
 

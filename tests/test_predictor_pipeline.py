@@ -196,7 +196,41 @@ def test_training_on_the_real_smollm2_backbone(tmp_path: Path):
     result = train_predictor([ann], "smollm2-135m", out, settings)
     assert result.card["model_type"] == "llama" and result.card["steps"] == 2
     assert result.card["trainable_parameters"] < result.card["parameters"] / 10
+    assert result.card["cached_frozen_layers"] is True  # the Llama view over cached features is exact
     pred = ClassifierPredictor.load(out, device="cpu")
     assert pred.model.causal
     types = pred.next_token_types(TextView.of("Okay, so we add"), [" 17", " and", " 25", "."])
     assert len(types) == 4
+
+
+def test_training_the_top_layers_from_cached_features_matches_full_forwards(tmp_path: Path):
+    from tessy.predictor.train import TrainSettings, train_predictor
+    from tiny_models import save_tiny_backbone
+
+    backbone = save_tiny_backbone(tmp_path / "backbone", decisive=False)
+    text = " ".join(["Okay, so we add 17 and 25 to get 42. Hmm, then we check: 42 - 25 = 17."] * 3)
+    ann = tmp_path / "ann.jsonl"
+    with ann.open("w") as f:
+        for i in range(12):
+            spans = LexiconPredictor().phrase_spans(text)
+            f.write(
+                json.dumps({"trace_id": f"t{i}", "role": "teacher", "context": "", "window_text": text, "spans": spans})
+                + "\n"
+            )
+    cards = {}
+    for cached in (True, False):
+        settings = TrainSettings(
+            epochs=2,
+            lr=3e-3,
+            batch_size=4,
+            train_layers=1,
+            cache_frozen=cached,
+            device="cpu",
+            test_fraction=0.0,
+            val_fraction=0.4,
+        )
+        cards[cached] = train_predictor([ann], backbone, tmp_path / f"out-{cached}", settings).card
+    assert cards[True]["cached_frozen_layers"] is True and cards[False]["cached_frozen_layers"] is False
+    for a, b in zip(cards[True]["history"], cards[False]["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+        assert a["val"] == b["val"]

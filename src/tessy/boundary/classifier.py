@@ -113,6 +113,8 @@ class ClassifierStats:
     queries: int = 0
     #: Chunk pieces the predictor was asked about (tokens in the generating role's tokenizer).
     pieces: int = 0
+    #: Predictor tokens of the chunks themselves (what encoding each chunk once would cost).
+    chunk_tokens: int = 0
     #: Predictor tokens run through the backbone (new and re-encoded).
     tokens_encoded: int = 0
     forwards: int = 0
@@ -123,7 +125,11 @@ class ClassifierStats:
         return {
             "queries": self.queries,
             "pieces": self.pieces,
+            "chunk_tokens": self.chunk_tokens,
             "tokens_encoded": self.tokens_encoded,
+            "tokens_encoded_per_chunk_token": round(self.tokens_encoded / self.chunk_tokens, 3)
+            if self.chunk_tokens
+            else 0.0,
             "forwards": self.forwards,
             "reused": self.reused,
             "reencoded": self.reencoded,
@@ -374,6 +380,7 @@ class ClassifierPredictor(NextTokenTypePredictor):
     def _types(self, window: _Window, request: _Request) -> list[TokenType | None]:
         starts = token_starts(window.text, window.offsets)
         pos = request.base + len(request.tail) - window.base
+        self.stats.chunk_tokens += len(starts) - bisect.bisect_left(starts, pos)
         bounds: list[tuple[int, int]] = []
         for piece in request.pieces:
             bounds.append((pos, pos + len(piece)))

@@ -27,7 +27,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from ..boundary.token_model import HFTokenModel, resolve_device
 from ..errors import ConfigError, DataError
 from .evaluate import Metrics, evaluate_windows, hf_tokenize, read_windows
 from .files import JsonlWriter
+from .frozen import FrozenPrefix
 from .labels import IGNORE, AnnotatedWindow, first_labelled, next_token_labels, token_types
 
 __all__ = ["CARD_NAME", "HELDOUT_NAME", "TrainResult", "TrainSettings", "split_windows", "train_predictor"]
@@ -69,6 +70,8 @@ class TrainSettings:
     style_weight: float = 1.0
     threshold: float = 0.5
     device: str = "auto"
+    #: With ``train_layers``, run the frozen layers once per example, not once per epoch.
+    cache_frozen: bool = True
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 2 or self.lr <= 0:
@@ -125,18 +128,12 @@ def encode(window: AnnotatedWindow, tokenizer: Any, max_length: int) -> _Example
 def _freeze(model: Any, train_layers: int | None) -> None:
     if train_layers is None:
         return
-    import torch
+    from .frozen import layer_stack
 
     for p in model.parameters():
         p.requires_grad_(False)
-    n_layers = model.config.num_hidden_layers
-    stack = next(
-        (m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers),
-        None,
-    )
-    if stack is None:
-        raise ConfigError("train_layers: cannot find the backbone's layer stack; train all layers instead")
-    trainable = [*list(stack)[n_layers - train_layers :]] if train_layers else []
+    _, _, stack = layer_stack(model)
+    trainable = list(stack)[len(stack) - train_layers :] if train_layers else []
     head = [m for name, m in model.named_children() if name != model.base_model_prefix]
     norm = getattr(model.base_model, "norm", None)
     for module in [*trainable, *head, *([norm] if norm is not None else [])]:
@@ -144,7 +141,7 @@ def _freeze(model: Any, train_layers: int | None) -> None:
             p.requires_grad_(True)
 
 
-def _batches(examples: Sequence[_Example], size: int, pad_id: int, torch: Any) -> Any:
+def _batches(examples: Sequence[_Example], size: int, pad_id: int, torch: Any) -> Iterator[tuple[Any, Any, Any]]:
     for i in range(0, len(examples), size):
         chunk = examples[i : i + size]
         n = max(len(e.ids) for e in chunk)
@@ -158,18 +155,54 @@ def _batches(examples: Sequence[_Example], size: int, pad_id: int, torch: Any) -
         yield ids, mask, labels
 
 
-def _score(model: Any, examples: Sequence[_Example], settings: TrainSettings, pad_id: int, device: str) -> Metrics:
+class _Runner:
+    """Logits for a batch of examples: whole forwards, or the top layers over cached features."""
+
+    def __init__(self, model: Any, pad_id: int, device: str, prefix: FrozenPrefix | None) -> None:
+        import torch
+
+        self.torch, self.model, self.pad_id, self.device, self.prefix = torch, model, pad_id, device, prefix
+        self.features: dict[int, Any] = {}  # id(example) -> its cached hidden states (on the CPU)
+
+    def precompute(self, examples: Sequence[_Example], batch_size: int) -> None:
+        if self.prefix is None:
+            return
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i : i + batch_size]
+            ids, mask, _ = next(_batches(chunk, len(chunk), self.pad_id, self.torch))
+            hidden = self.prefix.features(ids.to(self.device), mask.to(self.device)).cpu()
+            for row, e in enumerate(chunk):
+                self.features[id(e)] = hidden[row, : len(e.ids)].clone()
+
+    def batches(self, examples: Sequence[_Example], size: int) -> Iterator[tuple[Any, Any]]:
+        """(logits, labels) per batch; logits carry gradients where the model is training."""
+        torch = self.torch
+        for i in range(0, len(examples), size):
+            chunk = examples[i : i + size]
+            ids, mask, labels = next(_batches(chunk, len(chunk), self.pad_id, torch))
+            mask = mask.to(self.device)
+            if self.prefix is not None and all(id(e) in self.features for e in chunk):
+                width = ids.shape[1]
+                hidden = torch.stack(
+                    [torch.nn.functional.pad(self.features[id(e)], (0, 0, 0, width - len(e.ids))) for e in chunk]
+                ).to(self.device)
+                logits = self.prefix.logits(hidden, mask)
+            else:
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask).logits
+            yield logits, labels
+
+
+def _score(runner: _Runner, examples: Sequence[_Example], settings: TrainSettings) -> Metrics:
     import torch
 
     metrics = Metrics()
-    model.eval()
+    runner.model.eval()
     with torch.inference_mode():
-        for ids, mask, labels in _batches(examples, settings.batch_size * 2, pad_id, torch):
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            style = torch.softmax(logits, dim=-1)[..., 1].cpu() >= settings.threshold
+        for logits, labels in runner.batches(examples, settings.batch_size * 2):
+            style = torch.softmax(logits.float(), dim=-1)[..., 1].cpu() >= settings.threshold
             keep = labels != IGNORE
             metrics.add(labels[keep].tolist(), style[keep].int().tolist())
-    model.train()
+    runner.model.train()
     return metrics
 
 
@@ -210,6 +243,18 @@ def train_predictor(
     if not train_x:
         raise DataError("no training window has a labelled position")
 
+    prefix = None
+    if settings.train_layers and settings.cache_frozen:
+        from .frozen import layer_stack
+
+        if settings.train_layers < len(layer_stack(model)[2]):
+            prefix = FrozenPrefix(model, settings.train_layers)
+            ids, mask, _ = next(_batches(train_x[:4], 4, pad_id, torch))
+            if not prefix.check(ids.to(device), mask.to(device)):
+                prefix = None
+    runner = _Runner(model, pad_id, device, prefix)
+    runner.precompute(train_x + val_x, settings.batch_size * 2)
+
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(train_x) / settings.batch_size)
@@ -234,10 +279,7 @@ def train_predictor(
         rng.shuffle(order)
         running = 0.0
         seen = 0
-        for ids, mask, labels in _batches(order, settings.batch_size, pad_id, torch):
-            if step >= total:
-                break
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        for logits, labels in runner.batches(order, settings.batch_size):
             loss = loss_fn(logits.float().view(-1, 2), labels.to(device).view(-1))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -249,7 +291,9 @@ def train_predictor(
             seen += 1
             if progress is not None:
                 progress({"epoch": epoch, "step": step, "total_steps": total, "loss": loss.item()})
-        val = _score(model, val_x, settings, pad_id, device) if val_x else None
+            if step >= total:
+                break
+        val = _score(runner, val_x, settings) if val_x else None
         entry: dict[str, Any] = {"epoch": epoch, "steps": step, "train_loss": round(running / max(seen, 1), 4)}
         if val is not None:
             entry["val"] = val.to_dict()
@@ -304,6 +348,7 @@ def train_predictor(
         },
         "settings": asdict(settings),
         "device": device,
+        "cached_frozen_layers": prefix is not None,
         "steps": step,
         "best_epoch": best[1],
         "val": copy.deepcopy(history[best[1] - 1].get("val")) if history else None,

@@ -234,3 +234,54 @@ def test_training_the_top_layers_from_cached_features_matches_full_forwards(tmp_
     for a, b in zip(cards[True]["history"], cards[False]["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
         assert a["val"] == b["val"]
+
+
+@pytest.mark.slow
+def test_the_example_script_runs_end_to_end_with_scripted_models(tmp_path: Path):
+    """examples/train_predictors.sh with the same steps, on scripted models and a tiny backbone."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tiny_models import save_tiny_backbone
+
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "models.yaml").write_text(yaml.safe_dump(SCRIPTED))
+    synth = {
+        **SCRIPTED,
+        "teacher": {**SCRIPTED["teacher"], "predictor": {"type": "classifier", "path": "unset"}},
+        "student": {**SCRIPTED["student"], "predictor": {"type": "classifier", "path": "unset"}},
+        "guards": {"max_total_tokens": 400, "max_thinking_tokens": 300, "repetition": False},
+    }
+    (cfg / "synth.yaml").write_text(yaml.safe_dump(synth))
+    for name in ("train_prompts.jsonl", "synth_prompts.jsonl"):
+        shutil.copy(ROOT / "examples" / "predictors" / name, cfg / name)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "TESSY": f"{sys.executable} -m tessy.cli",
+        "PYTHON": sys.executable,
+        "CFG": str(cfg),
+        "OUT": str(tmp_path / "out"),
+        "JUDGE": "lexicon",
+        "BACKBONE": str(save_tiny_backbone(tmp_path / "backbone", decisive=False)),
+        "INSTALL_MODELS": "0",
+        "N_TRACES": "24",
+        "MAX_TOKENS": "60",
+        "TRAIN_LAYERS": "1",
+        "SYNTH_PROMPTS": "4",
+        "DEVICE": "cpu",
+        "COLUMNS": "200",
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "examples" / "train_predictors.sh")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    tail = done.stdout[done.stdout.index("held-out F1") :]
+    for line in ("teacher trained", "teacher lexicon", "student trained", "student lexicon"):
+        assert " ".join(line.split()) in " ".join(tail.split())
+    assert "teacher share" in tail and "switches/sample" in tail
+    for role in ("teacher", "student"):
+        assert (tmp_path / "out" / "predictors" / role / "tessy_predictor.json").exists()

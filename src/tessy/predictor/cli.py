@@ -15,6 +15,7 @@ from typing import Any
 from rich.table import Table
 
 from ..config import RoleConfig, load_config
+from ..errors import ConfigError
 from ..records import Source
 
 __all__ = ["register"]
@@ -32,13 +33,27 @@ def _table(title: str, rows: dict[str, Any]) -> Table:
 
 
 def _role_from(spec: str, default_role: Source = "teacher") -> tuple[RoleConfig, Source]:
-    """``run.yaml`` or ``run.yaml:student``: a role section of a run config."""
+    """A model to use: ``role.yaml`` (one role section: backend, model, format...), or a run
+    config with the section to take, ``run.yaml[:teacher|student]`` (default: the teacher)."""
+    import yaml
+    from pydantic import TypeAdapter, ValidationError
+
     path, sep, role = spec.rpartition(":")
     if not sep or role not in ("teacher", "student"):
         path, role = spec, default_role
-    config = load_config(Path(path))
     name: Source = "teacher" if role == "teacher" else "student"
-    return getattr(config, name), name
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the model config {file}: {exc}") from exc
+    if isinstance(data, dict) and "backend" in data:
+        try:
+            one = TypeAdapter(RoleConfig).validate_python(data, context={"base_dir": file.resolve().parent})
+        except ValidationError as exc:
+            raise ConfigError(f"{file} is not a valid role config:\n{exc}") from None
+        return one, name
+    return getattr(load_config(file), name), name
 
 
 def _sample(args: argparse.Namespace, print_table: PrintTable) -> int:
@@ -161,7 +176,8 @@ def register(sub: Any, print_table: PrintTable) -> None:
     p.add_argument(
         "--judge",
         default="lexicon",
-        help="'lexicon' (no model), or a run config and role whose model judges: run.yaml[:teacher|student]",
+        help="'lexicon' (no model), a role config (judge.yaml: backend, model, format...), "
+        "or a run config and the role whose model judges: run.yaml[:teacher|student]",
     )
     p.add_argument("--window-words", type=int, default=60, help="words per window (default 60)")
     p.add_argument("--concurrency", type=int, default=8, help="judge requests in flight (default 8)")

@@ -13,7 +13,7 @@ from tessy.backends import GenerateRequest
 from tessy.boundary import LexiconPredictor
 from tessy.fakes import ScriptedBackend
 from tessy.predictor.annotate import (
-    JUDGE_PROMPT,
+    JUDGE_EXAMPLES,
     JudgeOutputError,
     aannotate,
     judge_prompt,
@@ -106,10 +106,14 @@ def test_the_lexicon_judge_extends_phrases_over_their_punctuation():
 
 def test_the_judge_prompt_holds_the_window_and_opens_the_answer():
     role = Role("teacher", ScriptedBackend(["x"]), get_format("chatml"), LexiconPredictor())
-    prompt = judge_prompt(role, "THE WINDOW TEXT", "[")
-    assert "THE WINDOW TEXT" in prompt and prompt.endswith("[")
+    prompt = judge_prompt(role, "THE WINDOW TEXT", '["')
+    assert prompt.rstrip('["').endswith("THE WINDOW TEXT<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert prompt.startswith("<|im_start|>user\n")
-    assert "{window}" in JUDGE_PROMPT
+    # The worked examples come first, as earlier turns, each answered in the expected form.
+    assert prompt.count("<|im_start|>assistant\n") == len(JUDGE_EXAMPLES) + 1
+    for passage, answer in JUDGE_EXAMPLES:
+        assert passage in prompt and answer in prompt
+        assert locate_spans(passage, parse_judge_output(answer)) is not None
 
 
 # -- whole runs --------------------------------------------------------------------------
@@ -132,11 +136,11 @@ def judge_role(answers: dict[str, object]) -> tuple[Role, ScriptedBackend]:
     """A judge answering per window (the window's first word picks the answer)."""
 
     def respond(request: GenerateRequest) -> object:
-        window = request.prompt.text.split("Passage:\n", 2)[-1]
+        window = request.prompt.text.rsplit("Passage:\n", 1)[-1]
         for key, answer in answers.items():
             if window.startswith(key):
                 return answer
-        return "]"
+        return '"]'  # [""]: an empty phrase, skipped: no style
 
     backend = ScriptedBackend(responder=respond)  # type: ignore[arg-type]
     return Role("teacher", backend, get_format("qwen3"), LexiconPredictor()), backend
@@ -146,9 +150,9 @@ async def test_an_llm_judge_run_keeps_good_windows_and_counts_each_kind_of_rejec
     traces = write_traces(tmp_path / "traces.jsonl")
     role, backend = judge_role(
         {
-            "Okay, so": ['"Okay, so"', "]"],  # after the "[" prefill: a valid list
+            "Okay, so": ['Okay, so"', "]"],  # after the '["' prefill: a valid list
             "x4": ["```json\n", "{}"],  # unparsable
-            "Wait,": ['"Wait,", "Let me"]'],  # "Let me" is not in the window (it says "let me")
+            "Wait,": ['Wait,", "Let me"]'],  # "Let me" is not in the window (it says "let me")
             "y6": BackendError("server down", retryable=False),
         }
     )
@@ -169,7 +173,7 @@ async def test_an_llm_judge_run_keeps_good_windows_and_counts_each_kind_of_rejec
         assert trace[: r["window_start"]].endswith(r["context"])
     # The judge was asked once per window, with the window in its prompt.
     assert len(backend.requests) == 5
-    assert all(req.prompt.text.endswith("[") for req in backend.requests)
+    assert all(req.prompt.text.endswith('["') for req in backend.requests)
 
     # A rerun skips every window already accepted or rejected.
     again = await aannotate([traces], out, judge=role, window_words=10)

@@ -2,7 +2,7 @@
 
 Each trace is cut into windows of about 60 words (see :mod:`tessy.predictor.labels`). An LLM judge
 (any tessy backend) is shown one window and asked for the style phrases in it, verbatim and in
-order, as a JSON list of strings (:data:`JUDGE_PROMPT`). Its output is parsed leniently (code
+order, as a JSON list of strings (:data:`JUDGE_INSTRUCTIONS`, with the worked :data:`JUDGE_EXAMPLES` as earlier chat turns). Its output is parsed leniently (code
 fences, prose around the list, a list cut short by the token limit) and checked strictly: every
 phrase must be found verbatim in the window, searching left to right, each search starting where
 the previous match ended. An output that does not parse, or names a phrase not found, is rejected
@@ -38,7 +38,8 @@ from .files import JsonlWriter, read_jsonl
 from .labels import Window, cut_windows
 
 __all__ = [
-    "JUDGE_PROMPT",
+    "JUDGE_EXAMPLES",
+    "JUDGE_INSTRUCTIONS",
     "AnnotateSummary",
     "JudgeOutputError",
     "aannotate",
@@ -50,29 +51,40 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-JUDGE_PROMPT = """\
-Below is a passage from a model's step-by-step reasoning. List its STYLE phrases.
+#: What the judge is told, as the first user turn (the examples follow as earlier turns).
+JUDGE_INSTRUCTIONS = """\
+You mark STYLE phrases in passages of a model's step-by-step reasoning.
 
-Style phrases steer or colour the reasoning without carrying any of its content:
-- transitions and connectives: "So", "Now", "Then", "Next,", "But wait,", "On the other hand,"
-- fillers and hesitations: "Okay,", "Hmm,", "Well,", "Let me think.", "Let's see,"
-- tone-setting and self-talk: "Alright, so", "I think", "That seems right.", "Interesting."
+Style phrases steer or colour the reasoning without carrying any of its content: transitions and
+connectives (So, Now, Then, Next, But wait), fillers and hesitations (Okay, Hmm, Well, Let me
+think, Let's see), and tone-setting or self-talk (Alright, I think, That seems right).
 
 Everything else is NOT style: facts, steps of the solution, numbers, formulas, code, names of
-variables or functions, and conclusions about the problem.
+variables or functions, and conclusions about the problem. Most of a passage is not style; many
+passages have no style phrase at all.
 
 Copy each style phrase exactly as written in the passage (same letters, case and punctuation),
-in the order they appear. Answer with a JSON list of strings and nothing else; answer [] if the
-passage has none.
+in the order they appear. Answer with a JSON list of strings and nothing else; answer [] when the
+passage has none."""
 
-Example passage:
-Okay, so we need the sum of 17 and 25. Let me add the units first: 7 + 5 = 12. Hmm, that carries one. So the total is 42.
-Example answer:
-["Okay, so", "Let me", "Hmm,", "So"]
-
-Passage:
-{window}
-Answer:"""
+#: Worked examples, shown to the judge as earlier turns of the conversation: (passage, answer).
+JUDGE_EXAMPLES: tuple[tuple[str, str], ...] = (
+    (
+        "Okay, so we need the sum of 17 and 25. Let me add the units first: 7 + 5 = 12. Hmm, that "
+        "carries one. So the total is 42.",
+        '["Okay, so", "Let me", "Hmm,", "So"]',
+    ),
+    (
+        "The function iterates over the list once and keeps a running total, so it runs in O(n) "
+        "time and O(1) extra space.\n\ndef total(xs):\n    return sum(xs)",
+        "[]",
+    ),
+    (
+        "The area is 6 * 4 = 24. Wait, the question asks for the perimeter. Alright, then it is "
+        "2 * (6 + 4) = 20.",
+        '["Wait,", "Alright, then"]',
+    ),
+)
 
 #: How much of the trace before a window is kept with it (the predictor's left context).
 CONTEXT_CHARS = 1200
@@ -224,10 +236,20 @@ class _Job:
     context: str
 
 
+def judge_messages(window_text: str) -> list[dict[str, str]]:
+    """The judge's conversation: instructions with the first example, the other examples, then the window."""
+    messages: list[dict[str, str]] = []
+    for i, (passage, answer) in enumerate(JUDGE_EXAMPLES):
+        intro = JUDGE_INSTRUCTIONS + "\n\n" if i == 0 else ""
+        messages.append({"role": "user", "content": f"{intro}Passage:\n{passage}"})
+        messages.append({"role": "assistant", "content": answer})
+    messages.append({"role": "user", "content": f"Passage:\n{window_text}"})
+    return messages
+
+
 def judge_prompt(role: Role, window_text: str, prefill: str) -> str:
-    """The judge's whole prompt: the request as a user turn, the answer opened (thinking closed empty)."""
-    messages = [{"role": "user", "content": JUDGE_PROMPT.format(window=window_text)}]
-    return role.format.render_answer(messages, "") + prefill
+    """The judge's whole prompt in its chat format, the answer opened (thinking closed empty)."""
+    return role.format.render_answer(judge_messages(window_text), "") + prefill
 
 
 async def aannotate(
@@ -237,8 +259,8 @@ async def aannotate(
     judge: Role | str = "lexicon",
     window_words: int = 60,
     concurrency: int = 8,
-    max_tokens: int = 160,
-    prefill: str = "[",
+    max_tokens: int = 96,
+    prefill: str = '["',
     context_chars: int = CONTEXT_CHARS,
     limit: int | None = None,
     lexicon: LexiconPredictor | None = None,
@@ -247,8 +269,9 @@ async def aannotate(
     """Annotate the windows of the traces in ``inputs`` into ``output`` (see the module docstring).
 
     ``judge`` is ``"lexicon"`` or a :class:`Role` whose backend and format the judge uses; the
-    caller closes its backend. ``prefill`` opens the judge's answer (``"["`` steers small models
-    into the list) and is parsed with the output. ``limit`` caps the windows annotated in this run.
+    caller closes its backend. ``prefill`` opens the judge's answer and is parsed with the
+    output: ``'["'`` steers small models into a list of quoted strings (an answer of ``"]`` then
+    reads as ``[""]``, an empty phrase, which is skipped: no style). ``limit`` caps the windows annotated in this run.
     """
     if isinstance(judge, str) and judge != "lexicon":
         raise ConfigError(f"unknown judge {judge!r}: give 'lexicon' or a model")
@@ -353,7 +376,9 @@ async def _ask(role: Role, job: _Job, max_tokens: int, prefill: str) -> str:
     request = GenerateRequest(
         prompt=Prompt.of(judge_prompt(role, job.window.text, prefill)),
         max_tokens=max_tokens,
-        stop=("\n\n", *fmt.answer_stop),
+        # "]" ends the list: nothing after it is read, and a stop string is not returned (the
+        # parser closes a list cut after its last complete string).
+        stop=("]", "\n\n", *fmt.answer_stop),
         sampling=role.sampling,
         sample_id=f"judge:{job.trace_id}#{job.window.index}",
         role="judge",

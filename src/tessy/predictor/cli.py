@@ -181,8 +181,8 @@ def register(sub: Any, print_table: PrintTable) -> None:
     )
     p.add_argument("--window-words", type=int, default=60, help="words per window (default 60)")
     p.add_argument("--concurrency", type=int, default=8, help="judge requests in flight (default 8)")
-    p.add_argument("--max-tokens", type=int, default=160, help="tokens the judge may write (default 160)")
-    p.add_argument("--prefill", default="[", help="text that opens the judge's answer (default '[')")
+    p.add_argument("--max-tokens", type=int, default=96, help="tokens the judge may write (default 96)")
+    p.add_argument("--prefill", default='["', help="text that opens the judge's answer (default '[\"')")
     p.add_argument("--limit", type=int, help="annotate at most N windows in this run")
     bind(p, _annotate)
 

@@ -203,6 +203,24 @@ async def test_the_engine_batches_queries_from_many_samples(checkpoint: Path):
     assert stats["batches"] < stats["items"] and stats["max_batch"] > 1
 
 
+async def test_the_classifier_serves_the_streaming_engine(checkpoint: Path):
+    student = ScriptedBackend.cycling([" Okay, so let me see what is asked here", " Hmm, wait"], ["42."])
+    teacher = ScriptedBackend.cycling([" 17 + 25 = 42 since 7 + 5 = 12 carries one. Now", " check it.</think>"])
+    sp, tp = load(checkpoint), load(checkpoint)
+    eng = Engine(
+        Role("teacher", teacher, get_format("qwen3"), tp, chunk_tokens=6),
+        Role("student", student, get_format("qwen3"), sp, chunk_tokens=6),
+        limits=Limits(max_total_tokens=160, max_thinking_tokens=120, repetition=None),
+        streaming=True,
+    )
+    results = [r async for r in eng.run([Sample.from_prompt(f"q{i}", "p") for i in range(6)])]
+    assert all(r.ok for r in results), [r.failure for r in results]
+    assert sum(r.stats.switches for r in results) > 0
+    assert tp.stats.queries > 0 and sp.stats.reused > 0
+    await sp.aclose()
+    await tp.aclose()
+
+
 async def test_queries_are_checked(checkpoint: Path):
     pred = load(checkpoint)
     assert await pred.find_cut(CutQuery("teacher", TextView.of("x"), [])) is None

@@ -80,8 +80,7 @@ JUDGE_EXAMPLES: tuple[tuple[str, str], ...] = (
         "[]",
     ),
     (
-        "The area is 6 * 4 = 24. Wait, the question asks for the perimeter. Alright, then it is "
-        "2 * (6 + 4) = 20.",
+        "The area is 6 * 4 = 24. Wait, the question asks for the perimeter. Alright, then it is 2 * (6 + 4) = 20.",
         '["Wait,", "Alright, then"]',
     ),
 )

@@ -276,9 +276,11 @@ def test_bench_in_process_measures_every_setup() -> None:
         assert chunked.reprefill_per_sample > lower.reprefill_per_sample
         assert chunked.cache_hit > 0.5
     assert result.ratio_lines()[-1].startswith("ratio_streaming_4 ")
-    # A smaller lookahead wastes fewer streamed tokens.
+    # A smaller lookahead wastes fewer streamed tokens; the lexicon's own settling does as well as none.
     eager = run_bench(replace(TINY, concurrency=(4,), lookahead=0))
-    assert eager.row("streaming", 4).discarded_per_sample < result.row("streaming", 4).discarded_per_sample
+    patient = run_bench(replace(TINY, concurrency=(4,), lookahead=5))
+    assert eager.row("streaming", 4).discarded_per_sample < patient.row("streaming", 4).discarded_per_sample
+    assert result.row("streaming", 4).discarded_per_sample < patient.row("streaming", 4).discarded_per_sample
 
 
 def test_cli_bench_prints_the_table_and_the_ratio_last(capsys: pytest.CaptureFixture[str]) -> None:

@@ -351,6 +351,10 @@ def _parser() -> argparse.ArgumentParser:
     ben.add_argument("--host", default="127.0.0.1", help="with --serve")
     ben.add_argument("--port", type=int, default=0, help="with --serve (0: any free port, printed)")
     ben.set_defaults(func=_bench)
+
+    from .predictor.cli import register as register_predictor
+
+    register_predictor(sub, _print_table)
     return parser
 
 

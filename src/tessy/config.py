@@ -29,6 +29,7 @@ from .engine import Mode
 from .errors import ConfigError
 
 __all__ = [
+    "ClassifierPredictorConfig",
     "DataConfig",
     "GuardsConfig",
     "HFRole",
@@ -99,11 +100,51 @@ class LexiconPredictorConfig(_Model):
     replace_defaults: bool = Field(False, description="Use only the given phrases, not the defaults.")
 
 
+class ClassifierPredictorConfig(_Model):
+    """A trained token classifier (see ``tessy.boundary.classifier`` and ``tessy predictor train``)."""
+
+    type: Literal["classifier"]
+    path: ConfigPath = Field(description="Checkpoint folder: a Hugging Face token-classification model and tokenizer.")
+    window: int = Field(200, ge=2, description="Tokens of left context the classifier reads (left-truncated).")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Style probability at or above which a token is style.")
+    reuse: bool = Field(
+        True, description="Keep a causal backbone's key/values of the context between chunks instead of re-encoding."
+    )
+    reuse_margin: int = Field(
+        100, ge=0, description="Tokens a reused window may grow past `window` before it is re-encoded."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where the classifier runs; auto picks cuda when a GPU is visible.",
+        json_schema_extra=NOT_HASHED,
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Weights dtype; auto: float32 on cpu, bfloat16 (or float16) on cuda.",
+        json_schema_extra=NOT_HASHED,
+    )
+    max_batch: int = Field(32, ge=1, description="Queries per batched forward.", json_schema_extra=NOT_HASHED)
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="How long a query waits for others to fill a batch.", json_schema_extra=NOT_HASHED
+    )
+    max_states: int = Field(
+        1024, ge=1, description="Samples whose encoded context is kept for reuse.", json_schema_extra=NOT_HASHED
+    )
+
+
 def _predictor_shorthand(value: Any) -> Any:
-    return {"type": value} if isinstance(value, str) else value
+    if isinstance(value, str):
+        return {"type": value}
+    if isinstance(value, dict) and "type" not in value:
+        return {**value, "type": "lexicon"}  # the default predictor, written as a mapping
+    return value
 
 
-PredictorConfig = Annotated[LexiconPredictorConfig, BeforeValidator(_predictor_shorthand)]
+PredictorConfig = Annotated[
+    LexiconPredictorConfig | ClassifierPredictorConfig,
+    Field(discriminator="type"),
+    BeforeValidator(_predictor_shorthand),
+]
 
 
 class RoleBase(_Model):
@@ -310,9 +351,27 @@ def _hashed(model: BaseModel) -> dict[str, Any]:
 
 def _file_digest(path: Path) -> str:
     try:
+        if path.is_dir():
+            return "sha256:" + _folder_digest(path)
         return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return str(path)
+
+
+#: Files of a folder up to this size are hashed by content, larger ones (weights) by name and size.
+_SMALL_FILE = 1 << 20
+
+
+def _folder_digest(path: Path) -> str:
+    """A digest of a folder (a predictor checkpoint): names, sizes, and the content of small files
+    (configs, the training card), so that a moved checkpoint hashes the same and a retrained one not."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path).as_posix()}\0{size}\0".encode())
+        if size <= _SMALL_FILE:
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -389,13 +448,13 @@ def _readable(err: Any) -> tuple[tuple[Any, ...], str]:
     """An error's location and message as a user writes the config: the union tag that pydantic
     puts in the location of a role's (or predictor's) fields is left out, and a bad tag is named."""
     loc = tuple(err["loc"])
+    tags = _union_tags()
+    parents = ("teacher", "student", "predictor")
+    cleaned = tuple(p for i, p in enumerate(loc) if not (i and loc[i - 1] in parents and p in tags))
     if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
         ctx = err.get("ctx") or {}
         key = str(ctx.get("discriminator", "backend")).strip("'")
         given = ctx.get("tag")
         what = f"unknown {key} {given!r}" if given else f"say which {key} this is"
-        return (*loc, key), f"{what}; choose one of: {ctx.get('expected_tags', '')}"
-    tags = _union_tags()
-    parents = ("teacher", "student", "predictor")
-    cleaned = tuple(p for i, p in enumerate(loc) if not (i and loc[i - 1] in parents and p in tags))
+        return (*cleaned, key), f"{what}; choose one of: {ctx.get('expected_tags', '')}"
     return cleaned, str(err["msg"])

@@ -36,13 +36,14 @@ import os
 import subprocess
 import sys
 import time
+import types
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..backends.base import Backend, GenerateRequest, Prompt, SamplingParams
-from ..boundary import LexiconPredictor
+from ..boundary import BoundaryPredictor, LexiconPredictor
 from ..engine import Engine, Limits, Role
 from ..errors import TessyError
 from ..formats import get_format
@@ -413,7 +414,10 @@ async def _tessy(
     engine = target.engine(streaming=streaming, concurrency=concurrency, config=config)
     if config.lookahead is not None:
         for role in engine.roles.values():
-            role.predictor.lookahead = config.lookahead
+            # A fixed lookahead replaces the predictor's own sense of which pieces are settled.
+            predictor = role.predictor
+            predictor.lookahead = config.lookahead
+            predictor.settled = types.MethodType(BoundaryPredictor.settled, predictor)  # type: ignore[method-assign]
 
     async def run() -> list[SampleResult]:
         return [r async for r in engine.run(samples, max_in_flight=concurrency)]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from .base import BoundaryPredictor, CutQuery, NextTokenTypePredictor, TokenType, first_switch
+from .classifier import ClassifierPredictor  # torch is imported only when a model loads
 from .lexicon import DEFAULT_PHRASES, LexiconPredictor
 
 if TYPE_CHECKING:
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_PHRASES",
     "BoundaryPredictor",
+    "ClassifierPredictor",
     "CutQuery",
     "LexiconPredictor",
     "NextTokenTypePredictor",
@@ -29,4 +31,6 @@ def create_predictor(config: PredictorConfig) -> BoundaryPredictor:
         return LexiconPredictor(
             config.phrases, phrases_file=config.phrases_file, replace_defaults=config.replace_defaults
         )
+    if config.type == "classifier":
+        return ClassifierPredictor.from_config(config)
     raise ConfigError(f"unknown predictor type {config.type!r}")

@@ -147,6 +147,10 @@ class LexiconPredictor(NextTokenTypePredictor):
             n += 1
         return n
 
+    def phrase_spans(self, text: str) -> list[tuple[int, int]]:
+        """The character spans of the style phrases found in ``text``, in order."""
+        return [m.span() for m in self._pattern.finditer(text)]
+
     def next_token_types(self, context: TextView, pieces: Sequence[str]) -> list[TokenType | None]:
         types = self.token_types(context, pieces)
         return [*types[1:], None]

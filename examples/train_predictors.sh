@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train boundary predictors for a teacher and a student, then synthesise with them.
 #
-#   examples/train_predictors.sh            # everything, small scale, CPU (~35-40 min on 2 cores)
+#   examples/train_predictors.sh            # everything, small scale, CPU (about 30 min on 2 cores)
 #   OUT=runs/p N_TRACES=118 examples/train_predictors.sh
 #
 # Models (examples/predictors/*.yaml): Qwen2.5-Coder-0.5B is the teacher and the judge,
@@ -27,11 +27,11 @@ PYTHON="${PYTHON:-python}"
 OUT="$(mkdir -p "${OUT:-tessy-predictors}" && cd "${OUT:-tessy-predictors}" && pwd)"
 N_TRACES="${N_TRACES:-100}"
 MAX_TOKENS="${MAX_TOKENS:-256}"
-WINDOWS="${WINDOWS:-240}"
+WINDOWS="${WINDOWS:-120}"
 CONCURRENCY="${CONCURRENCY:-4}"
 TRAIN_LAYERS="${TRAIN_LAYERS:-4}"
 EPOCHS="${EPOCHS:-3}"
-SYNTH_PROMPTS="${SYNTH_PROMPTS:-12}"
+SYNTH_PROMPTS="${SYNTH_PROMPTS:-8}"
 DEVICE="${DEVICE:-auto}"
 JUDGE="${JUDGE:-$CFG/judge.yaml}"        # or "lexicon": annotate without a model
 BACKBONE="${BACKBONE:-smollm2-135m}"     # a catalogued model, a GGUF file or a checkpoint folder

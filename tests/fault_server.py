@@ -4,13 +4,17 @@ Each POST to ``/v1/completions`` takes the next behaviour from a queue (or the d
 
 ``ok`` (a valid completion), ``500``, ``429``, ``400``, ``hang`` (never answers in time),
 ``reset`` (drops the connection without a response), ``empty`` (no text), ``malformed``
-(not JSON), ``midstream`` (a stream that breaks after two tokens).
+(not JSON), ``midstream`` (a stream that breaks after two tokens), ``noecho`` (ignores ``echo``,
+as llama.cpp's server does).
+With ``echo`` and ``logprobs``, an ``ok`` answer echoes the prompt split into words and newlines, each scored
+``-len(word) / 10`` (the first ``null``), then one generated token, as vLLM answers.
 Every request body is recorded.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 import threading
@@ -78,6 +82,9 @@ class FaultServer:
         if behaviour == "malformed":
             self._raw(h, 200, b"{this is not json", "application/json")
             return
+        if body.get("echo") and body.get("logprobs") and behaviour == "ok":
+            self._json(h, 200, {"choices": [echo_choice(str(body["prompt"]))]})
+            return
         n = min(int(body.get("max_tokens", 16)), len(WORDS))
         tokens = WORDS[:n] if behaviour != "empty" else []
         finish = "length" if n < len(WORDS) or behaviour == "empty" else "stop"
@@ -122,6 +129,15 @@ class FaultServer:
         last = {"choices": [{"index": 0, "text": "", "finish_reason": finish}]}
         h.wfile.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
         h.wfile.flush()
+
+
+def echo_choice(prompt: str) -> dict[str, Any]:
+    """An echoed prompt scored word by word, then the generated token " !"."""
+    words = [*re.findall(r"\n|[^\S\n]*\S+|[^\S\n]+", prompt), " !"]
+    offsets = [sum(len(w) for w in words[:i]) for i in range(len(words))]
+    values: list[float | None] = [None] + [-len(w) / 10 for w in words[1:]]
+    logprobs = {"tokens": words, "token_logprobs": values, "text_offset": offsets, "top_logprobs": None}
+    return {"index": 0, "text": "".join(words), "logprobs": logprobs, "finish_reason": "length"}
 
 
 def dead_url() -> str:

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from tessy.backends import GenerateRequest, Generation, Prompt, SamplingParams  # noqa: E402
+from tessy.backends import GenerateRequest, Generation, Prompt, SamplingParams, ScoreRequest  # noqa: E402
 from tessy.backends.hf import HFBackend  # noqa: E402
 from tessy.errors import BackendError  # noqa: E402
 from tessy.tokenizers import HFTokenizer  # noqa: E402
@@ -300,3 +300,28 @@ class TestWithTheEngine:
             # goes on after itself, the last token it generated, never fed), and the answer's suffix.
             foreign = sum(len(tok.encode(s.text)) for s in result.spans if s.phase == "think" and s.source != name)
             assert header < b.stats.prefill_tokens <= header + foreign + b.stats.requests + suffix
+
+
+def test_scoring_gives_each_continuation_token_its_log_probability(
+    tiny: tuple[Any, HFTokenizer], backend: HFBackend
+) -> None:
+    """One token per byte: the scores are the model's own log-softmax at each byte of the
+    continuation, also while a generation shares the device."""
+    model, tok = tiny
+    prompt, continuation = "<|im_start|>assistant\n", "Okay, 7"
+
+    async def go() -> Any:
+        busy = asyncio.ensure_future(backend.generate(request(ids_of(tok, "Hello"), 12, sample="busy")))
+        scores = await backend.score(ScoreRequest(Prompt.of(prompt), continuation, "s"))
+        await busy
+        return scores
+
+    scores = asyncio.run(go())
+    ids = ids_of(tok, prompt) + ids_of(tok, continuation)
+    start = len(ids_of(tok, prompt))
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    expected = [logprobs[i - 1, ids[i]].item() for i in range(start, len(ids))]
+    assert len(scores) == len(continuation) and not scores.truncated
+    assert scores.logprobs == pytest.approx(expected, abs=1e-5)
+    assert "".join(tok.hf.convert_tokens_to_string([p]) for p in scores.pieces) == continuation

@@ -13,7 +13,7 @@ import pytest
 import tessy
 from fault_server import FaultServer, dead_url
 from tessy import BackendError, ConfigError
-from tessy.backends import GenerateRequest, Prompt
+from tessy.backends import GenerateRequest, Prompt, ScoreRequest
 from tessy.backends.openai import OpenAICompletionsBackend, _align
 
 pytestmark = pytest.mark.contract
@@ -213,3 +213,53 @@ def test_streams_end_at_stop_strings_found_by_the_client(server):
     deltas = asyncio.run(collect(" is fo"))
     assert [p for d in deltas for p in d.pieces] == ["The", " answer", " is"]
     assert (deltas[-1].finish_reason, deltas[-1].stop_reason) == ("stop", " is fo")
+
+
+def score(b: OpenAICompletionsBackend, prompt: str, continuation: str) -> tessy.TokenScores:
+    async def run() -> tessy.TokenScores:
+        try:
+            return await b.score(ScoreRequest(Prompt.of(prompt), continuation, "s1"))
+        finally:
+            await b.aclose()
+
+    return asyncio.run(run())
+
+
+def test_scoring_keeps_the_echoed_tokens_of_the_continuation(server):
+    scores = score(backend(server.url), "<|im_start|>assistant\n<think>\n", "Okay so 17 + 25")
+    # The fake scores each echoed word -len(word)/10; the prompt's words and the generated
+    # token are left out.
+    assert scores.pieces == ["Okay", " so", " 17", " +", " 25"]
+    assert scores.logprobs == pytest.approx([-0.4, -0.3, -0.3, -0.2, -0.3])
+    assert not scores.truncated
+    body = server.requests[0]["body"]
+    assert body["prompt"] == "<|im_start|>assistant\n<think>\nOkay so 17 + 25"
+    assert (body["echo"], body["logprobs"], body["max_tokens"], body["temperature"]) == (True, 1, 1, 0.0)
+    assert body["add_special_tokens"] is False
+
+
+def test_a_token_across_the_seam_is_left_out(server):
+    # "x" ends the prompt and "yz" starts the continuation: the fake's word "xyz" straddles.
+    scores = score(backend(server.url), "a x", "yz b")
+    assert scores.pieces == [" b"]
+
+
+def test_scoring_on_a_server_that_ignores_echo_says_what_to_do(server):
+    server.queue("noecho")
+    with pytest.raises(BackendError, match="--score-model") as err:
+        score(backend(server.url), "prompt ", "text")
+    assert not err.value.retryable and len(server.requests) == 1
+
+
+def test_llamacpp_servers_do_not_offer_scoring(server):
+    b = backend(server.url, server="llamacpp")
+    assert not b.supports_scoring and backend(server.url, server="sglang").supports_scoring
+    with pytest.raises(BackendError, match="--score-model"):
+        score(b, "p", "q")
+    assert server.requests == []
+
+
+def test_scoring_is_retried_like_generation(server):
+    server.queue("500", "reset")
+    assert score(backend(server.url), "p\n", "q r").pieces == ["q", " r"]
+    assert len(server.requests) == 3

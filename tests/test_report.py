@@ -239,3 +239,44 @@ def test_damaged_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     loaded = load_run(run)
     assert [r["id"] for r in loaded.records] == ["a"] and loaded.damaged_lines == 3
     assert "damaged lines skipped" in build_report([loaded]).html
+
+
+def served_student_config(tmp_path: Path, url: str) -> Path:
+    """The offline example with its student behind an OpenAI-compatible (vLLM) server at ``url``."""
+    text = OFFLINE.read_text(encoding="utf-8")
+    student = f"student:\n  backend: openai\n  server: vllm\n  model: s\n  format: qwen3\n  endpoints: [{url}]\n\n"
+    config = tmp_path / "student.yaml"
+    config.write_text(text[: text.index("student:")] + student + text[text.index("teacher:") :], encoding="utf-8")
+    return config
+
+
+def test_a_student_server_that_scores_gives_the_nll(runs: dict[str, Path], tmp_path: Path) -> None:
+    """``--student CONFIG`` whose student is an OpenAI-compatible server: the report scores each
+    run's thinking through it (echo with logprobs, as vLLM answers)."""
+    from fault_server import FaultServer
+
+    server = FaultServer()
+    try:
+        config = served_student_config(tmp_path, server.url)
+        _, report = write_report(runs["tessy"], [runs["student-only"]], html=tmp_path / "r.html", student_config=config)
+    finally:
+        server.close()
+    assert report.nll is not None and [n.name for n in report.nll] == ["tessy", "student-only"]
+    assert all(n.samples > 0 and math.isfinite(n.nll) and n.nll > 0 for n in report.nll)
+    assert "openai backend" in report.html and "Not computed" not in report.html
+    scored = [r["body"] for r in server.requests]
+    assert scored and all(b["echo"] and b["max_tokens"] == 1 for b in scored)
+    assert all("<think>" in b["prompt"] for b in scored)  # after the student's own prompt
+
+
+def test_a_student_server_that_cannot_score_is_said_once(runs: dict[str, Path], tmp_path: Path) -> None:
+    from fault_server import FaultServer
+
+    server = FaultServer(default="noecho")
+    try:
+        config = served_student_config(tmp_path, server.url)
+        _, report = write_report(runs["tessy"], html=tmp_path / "r.html", student_config=config)
+    finally:
+        server.close()
+    assert report.nll is None and len(server.requests) == 1  # not once per sample
+    assert "Not computed" in report.html and "--score-model" in report.html

@@ -230,7 +230,8 @@ class LlamaCppRole(RoleBase):
     n_threads: int | None = Field(
         None,
         ge=1,
-        description="CPU threads (default: half the cores, one half per local server).",
+        description="CPU threads (default: half the cores when a run starts two local servers; all of "
+        "them for commands that run one model, such as `tessy predictor sample`).",
         json_schema_extra=NOT_HASHED,
     )
     timeout_s: float = Field(300.0, gt=0, description="Seconds a request may take.", json_schema_extra=NOT_HASHED)

@@ -23,9 +23,22 @@ from typing import Any
 
 from .errors import ConfigError, MissingDependencyError
 
-__all__ = ["ModelSource", "import_torch", "import_transformers", "load_hf_model", "load_hf_tokenizer", "locate"]
+__all__ = [
+    "ModelSource",
+    "cache_tensors",
+    "import_torch",
+    "import_transformers",
+    "load_hf_model",
+    "load_hf_tokenizer",
+    "locate",
+    "model_folder",
+    "torch_dtype",
+]
 
 logger = logging.getLogger(__name__)
+
+#: Bumped when the conversion of GGUF files changes, so older conversions are not reused.
+_CONVERSION = 2
 
 
 def import_torch(purpose: str = "The hf backend") -> ModuleType:
@@ -37,10 +50,12 @@ def import_torch(purpose: str = "The hf backend") -> ModuleType:
 
 
 def import_transformers(purpose: str = "Hugging Face models and tokenizers") -> ModuleType:
+    """transformers, with its loading progress bars off (a library must not draw on stderr)."""
     try:
         import transformers
     except ImportError as exc:
         raise MissingDependencyError("transformers", "hf", purpose) from exc
+    _quiet(transformers)
     return transformers
 
 
@@ -61,7 +76,8 @@ class ModelSource:
 
         assert self.gguf_file is not None
         st = self.path.resolve().stat()
-        key = hashlib.sha256(f"{self.path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        stamp = f"{self.path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{_CONVERSION}"
+        key = hashlib.sha256(stamp.encode()).hexdigest()[:12]
         return cache_dir() / "hf" / f"{Path(self.gguf_file).stem}-{key}"
 
 
@@ -120,7 +136,6 @@ def _no_tqdm() -> Iterator[None]:
 def load_hf_tokenizer(spec: str | Path) -> Any:
     """The transformers tokenizer of a model folder, GGUF file or catalogued model."""
     transformers = import_transformers()
-    _quiet(transformers)
     src = locate(spec)
     try:
         if src.gguf_file is None:
@@ -144,23 +159,35 @@ def load_hf_model(spec: str | Path, *, device: str = "cpu", dtype: str = "auto")
     """
     torch = import_torch()
     transformers = import_transformers()
-    _quiet(transformers)
-    src = locate(spec)
+    folder = model_folder(spec)
     try:
-        folder = src.folder
-        if src.gguf_file is not None:
-            folder = src.converted() / "model"
-            if not (folder / "config.json").is_file():
-                _convert_gguf_model(transformers, src, folder)
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=_torch_dtype(torch, dtype, device))
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype(torch, dtype, device))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load a model from {src.path}: {exc}") from exc
+        raise ConfigError(f"cannot load a model from {folder}: {exc}") from exc
     model.to(device)
     model.eval()
     return model
 
 
-def _torch_dtype(torch: ModuleType, dtype: str, device: str) -> Any:
+def model_folder(spec: str | Path) -> Path:
+    """An ordinary Hugging Face folder holding the model's weights: the folder itself, or for a
+    GGUF file its conversion in tessy's cache (made on first use)."""
+    transformers = import_transformers()
+    src = locate(spec)
+    if src.gguf_file is None:
+        return src.folder
+    folder = src.converted() / "model"
+    if not (folder / "config.json").is_file():
+        try:
+            _convert_gguf_model(transformers, src, folder)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot convert the model {src.path}: {exc}") from exc
+    return folder
+
+
+def torch_dtype(torch: ModuleType, dtype: str, device: str) -> Any:
+    """The torch dtype for a ``dtype`` setting: ``auto`` is float32 on CPU, bfloat16 on CUDA where
+    supported, else float16."""
     if dtype == "auto":
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -169,6 +196,14 @@ def _torch_dtype(torch: ModuleType, dtype: str, device: str) -> Any:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:
         raise ConfigError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
+
+
+def cache_tensors(cache: Any) -> list[tuple[Any, Any]]:
+    """Per-layer ``(keys, values)`` of a transformers ``DynamicCache``, across versions."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return [(layer.keys, layer.values) for layer in layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))  # transformers < 4.56
 
 
 def _convert_gguf_model(transformers: ModuleType, src: ModelSource, folder: Path) -> None:
@@ -183,6 +218,9 @@ def _convert_gguf_model(transformers: ModuleType, src: ModelSource, folder: Path
     fresh = transformers.AutoModelForCausalLM.from_config(loaded.config)
     fresh.load_state_dict(loaded.state_dict())
     fresh.generation_config = loaded.generation_config
+    # The weights are plain floats now: a "gguf" quantization entry left in the config would make
+    # every model loaded from the folder (a predictor fine-tuned on it, say) refuse to be saved.
+    fresh.config.__dict__.pop("quantization_config", None)
 
     def save(tmp: str) -> None:
         fresh.save_pretrained(tmp)

@@ -187,16 +187,13 @@ class Backend(ABC):
         raise NotImplementedError(f"{type(self).__name__} does not stream")
 
     async def score(self, request: ScoreRequest) -> TokenScores:
-        """Log-probabilities of ``request.continuation`` after ``request.prompt``.
+        """Log-probabilities of ``request.continuation`` after ``request.prompt``, one per token
+        of the continuation in the backend's own tokenizer.
 
-        Where the server can do it: vLLM's ``/v1/completions`` with the prompt and continuation
-        as one token-id prompt, ``max_tokens=1`` and ``prompt_logprobs=0`` returns, per prompt
-        position, the log-probability of the token that is there (``choices[0].prompt_logprobs``,
-        one ``{token_id: {logprob, rank, decoded_token}}`` per position, ``None`` first): keep the
-        positions of the continuation. llama.cpp's ``n_probs`` covers *generated* tokens only;
-        scoring a given text there needs ``echo`` with ``logprobs`` on ``/v1/completions``, which
-        only recent builds accept (ggml-org/llama.cpp PR #17935): check the server's version, or
-        score with an in-process model (:class:`tessy.scoring.TransformersScorer`).
+        ``backend: openai`` does it with ``echo`` and ``logprobs`` on ``/v1/completions`` (vLLM,
+        SGLang), ``backend: hf`` in-process. llama.cpp's server returns log-probabilities of
+        generated tokens only: score with an in-process model
+        (:class:`tessy.scoring.TransformersScorer`).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot score continuations")
 

@@ -12,6 +12,8 @@ Requests go into a queue; the worker gathers them into batches:
   each row at once. A finished row leaves the batch with its cache, which goes back to its
   sample. Caches are dropped when the sample's answer is done, and least recently used ones
   when their total passes ``cache_tokens``.
+- **Scoring.** :meth:`HFBackend.score` gives the log-probability of each token of a given text
+  (``tessy report --student`` uses it for the student's NLL), in one forward pass.
 - **Exact tokens.** Prompts are taken as token ids (the engine keeps them); generated tokens
   come back as ids and one piece per id. Stop strings are found in the decoded text and the
   generation is cut where they start. A generation that reaches ``max_tokens`` in the middle of
@@ -33,7 +35,7 @@ from typing import Any
 
 from ..errors import BackendError, ConfigError
 from ..tokenizers import HFTokenizer
-from .base import Backend, GenerateRequest, Generation, StreamDelta
+from .base import Backend, GenerateRequest, Generation, ScoreRequest, StreamDelta, TokenScores
 from .hf_worker import Deliver, Job, Worker
 
 __all__ = ["HFBackend", "HFStats"]
@@ -85,6 +87,7 @@ class HFBackend(Backend):
     accepts_token_ids = True
     returns_token_ids = True
     supports_streaming = True
+    supports_scoring = True
 
     def __init__(
         self,
@@ -198,6 +201,23 @@ class HFBackend(Backend):
                     return
         finally:
             job.cancelled = True
+
+    async def score(self, request: ScoreRequest) -> TokenScores:
+        """Log-probabilities of ``request.continuation`` after ``request.prompt`` (one forward
+        pass of the whole text, taking its turn on the device with generation)."""
+        if self._closed:
+            raise BackendError("the hf backend is closed", retryable=False)
+        from ..scoring import score_tokens
+
+        limit = self.max_positions or 4096
+
+        def run() -> TokenScores:
+            with self._lock:
+                return score_tokens(
+                    self.tokenizer.hf, self.model, request.prompt.text, request.continuation, max_tokens=limit
+                )
+
+        return await asyncio.to_thread(run)
 
     async def aclose(self) -> None:
         if self._closed:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError
+from ..hf import cache_tensors
 from ..tokenizers import PieceDecoder
 from .base import FinishReason, GenerateRequest, Generation, StreamDelta
 from .sampling import make_generator, sample_token
@@ -191,7 +192,7 @@ class Worker:
         )
         self._accept(row, logits[0, -1])
         if row.finish is not None:
-            self._finish(row, _kv_of(cache))
+            self._finish(row, cache_tensors(cache))
         else:
             self._join(row, cache)
 
@@ -202,8 +203,8 @@ class Worker:
         if not self.rows:
             self.rows, self.pads, self.cache, self.length = [row], [0], cache, len(row.ids)
             return
-        kv_new = _kv_of(cache)
-        kv_batch = _kv_of(self.cache)
+        kv_new = cache_tensors(cache)
+        kv_batch = cache_tensors(self.cache)
         n = len(row.ids)
         if n > self.length:
             grow = n - self.length
@@ -222,7 +223,7 @@ class Worker:
     def _leave(self, indices: Sequence[int]) -> list[list[tuple[Any, Any]]]:
         """Take rows out of the batch; returns each one's own cache (unpadded copies)."""
         torch = self.torch
-        kv_batch = _kv_of(self.cache)
+        kv_batch = cache_tensors(self.cache)
         out = []
         for i in indices:
             p = self.pads[i]
@@ -402,13 +403,6 @@ def _new_cache(model: Any, kv: Sequence[tuple[Any, Any]]) -> Any:
     for layer, (k, v) in enumerate(kv):
         cache.update(k, v, layer)
     return cache
-
-
-def _kv_of(cache: Any) -> list[tuple[Any, Any]]:
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return [(layer.keys, layer.values) for layer in layers]
-    return list(zip(cache.key_cache, cache.value_cache, strict=True))  # transformers < 4.56
 
 
 def _pad_left(torch: Any, t: Any, n: int) -> Any:

@@ -14,6 +14,13 @@ llamacpp    yes               no (native API only)    ``logprobs.content[].token
 openai      no                no                      ``logprobs.tokens``
 =========== ================= ======================= ==========================================
 
+Scoring (``score``, the log-probability of each token of a given text, used by ``tessy report``
+for the student's NLL) sends the prompt and the text as one prompt with ``echo`` and ``logprobs``
+and ``max_tokens: 1``; the echoed prompt's ``logprobs`` (``tokens``, ``token_logprobs``,
+``text_offset``) give the scores of the tokens past the prompt. vLLM answers it; SGLang fills
+the same fields when ``echo`` and ``logprobs`` come together; llama.cpp's server ignores ``echo``
+(its ``logprobs`` cover generated tokens only), so ``server: llamacpp`` does not offer scoring.
+
 Requests of one sample stick to one replica (prefix caches hit); failures are retried with
 exponential backoff and full jitter (connection errors, timeouts, 5xx, 429, empty completions)
 and fail over to another replica. A 4xx that names a bad request fails at once with the
@@ -35,7 +42,7 @@ import httpx
 
 from ..errors import BackendError, ConfigError
 from ..tokenizers import FakeTokenizer, Tokenizer
-from .base import Backend, FinishReason, GenerateRequest, Generation, StreamDelta
+from .base import Backend, FinishReason, GenerateRequest, Generation, ScoreRequest, StreamDelta, TokenScores
 from .pool import Endpoint, EndpointPool
 
 __all__ = ["OpenAICompletionsBackend", "ServerKind"]
@@ -81,6 +88,7 @@ class OpenAICompletionsBackend(Backend):
         self.server = server
         self.accepts_token_ids = server != "openai"
         self.returns_token_ids = server in ("vllm", "sglang")
+        self.supports_scoring = server != "llamacpp"
         self.pool = EndpointPool(endpoints, max_concurrency=max_concurrency)
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -149,7 +157,8 @@ class OpenAICompletionsBackend(Backend):
         body.update(self.extra_body)
         return body
 
-    def _key(self, request: GenerateRequest) -> str:
+    @staticmethod
+    def _key(request: GenerateRequest) -> str:
         return f"{request.sample_id}|{request.role}"
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -157,12 +166,13 @@ class OpenAICompletionsBackend(Backend):
             return min(retry_after, self.max_backoff_s)
         return random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2**attempt))
 
-    async def _with_retries(self, request: GenerateRequest, once: Any) -> Any:
-        """Call ``once(endpoint)`` until it succeeds, failing over between replicas."""
+    async def _with_retries(self, key: str, once: Any) -> Any:
+        """Call ``once(endpoint)`` until it succeeds, failing over between replicas (``key``
+        picks the replica a sample sticks to)."""
         tried: set[str] = set()
         last = "no attempt made"
         for attempt in range(self.max_retries + 1):
-            ep = self.pool.choose(self._key(request), avoid=tried)
+            ep = self.pool.choose(key, avoid=tried)
             tried.add(ep.url)
             try:
                 async with ep.slots:
@@ -234,7 +244,46 @@ class OpenAICompletionsBackend(Backend):
                 completion_tokens=usage.get("completion_tokens"),
             )
 
-        result: Generation = await self._with_retries(request, once)
+        result: Generation = await self._with_retries(self._key(request), once)
+        return result
+
+    # -- score ---------------------------------------------------------------------------
+
+    async def score(self, request: ScoreRequest) -> TokenScores:
+        """Log-probabilities of ``request.continuation``'s tokens after ``request.prompt`` (see
+        the module docstring). The prompt and the continuation go as one text, so a token that
+        straddles the seam is left out; prompts rendered by a format end in markup, where
+        tokenizers do not merge across."""
+        if not self.supports_scoring:
+            raise BackendError(
+                f"{self.model}: a {self.server} server returns no log-probabilities of prompt tokens; "
+                "score with an in-process model instead (tessy report --score-model MODEL)",
+                retryable=False,
+            )
+        prompt = request.prompt.text
+        full = prompt + request.continuation
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": full,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "echo": True,
+            "logprobs": 1,
+        }
+        if self.server == "vllm":
+            body["add_special_tokens"] = False
+
+        async def once(ep: Endpoint) -> TokenScores:
+            response = await self.client.post(f"{ep.url}/completions", json=body)
+            raw = await response.aread()
+            self._check_status(ep, response, raw)
+            try:
+                choice = json.loads(raw)["choices"][0]
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise _Retry(f"malformed response from {ep.url}: {raw[:200]!r}") from None
+            return _echo_scores(choice.get("logprobs"), len(prompt), len(full), where=ep.url)
+
+        result: TokenScores = await self._with_retries(f"{request.sample_id}|score", once)
         return result
 
     # -- stream --------------------------------------------------------------------------
@@ -254,7 +303,7 @@ class OpenAICompletionsBackend(Backend):
 
         # Retries and failover happen only before the first token; a stream that breaks later
         # raises, and the engine redoes the whole step.
-        response: httpx.Response = await self._with_retries(request, once)
+        response: httpx.Response = await self._with_retries(self._key(request), once)
         got_any = False
         stops = request.stop
         longest = max((len(x) for x in stops), default=0)
@@ -357,6 +406,42 @@ def _token_strings(logprobs: object) -> list[str] | None:
             out.append(decoder.decode(bytes(raw)) if isinstance(raw, list) else str(entry.get("token", "")))
         return out
     return None
+
+
+def _echo_scores(logprobs: object, start: int, end: int, *, where: str) -> TokenScores:
+    """The scores of the echoed tokens that lie in ``[start, end)`` of the echoed text, from a
+    legacy completions ``logprobs`` object (``tokens``, ``token_logprobs``, ``text_offset``;
+    offsets are summed from the token texts where a server leaves them out)."""
+    tokens = logprobs.get("tokens") if isinstance(logprobs, dict) else None
+    values = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
+    if not (isinstance(tokens, list) and isinstance(values, list) and len(tokens) == len(values)):
+        raise BackendError(
+            f"{where} returned no log-probabilities of the prompt's tokens (echo with logprobs); "
+            "score with an in-process model instead (tessy report --score-model MODEL)",
+            retryable=False,
+        )
+    offsets = logprobs.get("text_offset") if isinstance(logprobs, dict) else None
+    if not (isinstance(offsets, list) and len(offsets) == len(tokens)):
+        offsets, pos = [], 0
+        for tok in tokens:
+            offsets.append(pos)
+            pos += len(tok) if isinstance(tok, str) else 0
+    last = tokens[-1] if tokens else None
+    if not isinstance(last, str) or offsets[-1] + len(last) < end:
+        # The prompt was echoed in part only (cut to the context, or not echoed at all).
+        raise BackendError(
+            f"{where} did not echo the whole prompt with log-probabilities (does it take echo with "
+            "logprobs?); score with an in-process model instead (tessy report --score-model MODEL)",
+            retryable=False,
+        )
+    pieces: list[str] = []
+    scores: list[float] = []
+    for tok, value, offset in zip(tokens, values, offsets, strict=True):
+        if offset < start or offset >= end or not isinstance(value, (int, float)):
+            continue  # the prompt, the seam, the generated token, or no prediction (the first)
+        pieces.append(str(tok))
+        scores.append(float(value))
+    return TokenScores(pieces, scores, truncated=False)
 
 
 def _align(text: str, tokens: list[str] | None, tokenizer: Tokenizer | None) -> list[str]:

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import ConfigError, MissingDependencyError
+from ..errors import ConfigError
+from ..hf import cache_tensors, import_torch, import_transformers, torch_dtype
 
 __all__ = ["HFTokenModel", "TokenModel", "is_causal_config", "resolve_device"]
 
@@ -53,14 +54,8 @@ class TokenModel(Protocol):
 
 
 def _import_torch() -> tuple[Any, Any]:
-    try:
-        import torch
-        import transformers
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependencyError(
-            exc.name or "torch", "hf", "the classifier boundary predictor (and predictor training)"
-        ) from exc
-    return torch, transformers
+    purpose = "The classifier boundary predictor (and predictor training)"
+    return import_torch(purpose), import_transformers(purpose)
 
 
 def resolve_device(device: str) -> str:
@@ -139,7 +134,7 @@ class HFTokenModel:
             model = transformers.AutoModelForTokenClassification.from_pretrained(str(path))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load the classifier checkpoint {path}: {exc}") from exc
-        model = model.to(device=device, dtype=_dtype(torch, dtype, device))
+        model = model.to(device=device, dtype=torch_dtype(torch, dtype, device))
         logger.info("loaded classifier %s on %s (%s)", path, device, model.dtype)
         return cls(model, tokenizer, device=device)
 
@@ -184,7 +179,7 @@ class HFTokenModel:
         with torch.inference_mode():
             logits = self.model(**kwargs).logits
             probs = torch.softmax(logits.float(), dim=-1)[..., self.style_label].cpu()
-            layers = _cache_tensors(cache) if cache is not None else None
+            layers = cache_tensors(cache) if cache is not None else None
             out: list[tuple[list[float], Past | None]] = []
             for i, (p_len, n_len) in enumerate(zip(past_lens, new_lens, strict=True)):
                 item_past = None
@@ -217,22 +212,3 @@ class HFTokenModel:
                 values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)) if pad else v)
             cache.update(torch.cat(keys), torch.cat(values), layer)
         return cache
-
-
-def _cache_tensors(cache: Any) -> list[tuple[Any, Any]]:
-    """Per-layer (keys, values) of a ``DynamicCache``, across transformers versions."""
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return [(layer.keys, layer.values) for layer in layers]
-    return list(zip(cache.key_cache, cache.value_cache, strict=True))  # transformers < 4.56
-
-
-def _dtype(torch: Any, name: str, device: str) -> Any:
-    if name == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise ConfigError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -62,10 +63,17 @@ class SampleSummary:
 
 def build_sampling_role(name: Source, config: RoleConfig) -> Role:
     """The role as synthesis builds it, with the default predictor: sampling needs no predictor,
-    and the role's own (a classifier, say) may not be trained yet."""
+    and the role's own (a classifier, say) may not be trained yet.
+
+    One model runs here, not two: a local llama.cpp server left at its default thread count
+    (half the cores, made for a run with two servers) gets all the cores instead.
+    """
     from ..synth import build_role  # synth imports the engine stack; keep this module light
 
-    return build_role(name, config.model_copy(update={"predictor": LexiconPredictorConfig()}))
+    update: dict[str, object] = {"predictor": LexiconPredictorConfig()}
+    if config.backend == "llamacpp" and config.n_threads is None:
+        update["n_threads"] = os.cpu_count() or 1
+    return build_role(name, config.model_copy(update=update))
 
 
 async def asample_traces(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backends.base import Scorer
-from ..errors import ConfigError, TessyError
+from ..errors import BackendError, ConfigError, TessyError
 from ..formats import Format, get_format
 from .nll import RunNLL, run_nll
 from .runs import Run, RunStats, assistant_text, load_run, run_stats, thinking_text
@@ -159,8 +159,12 @@ def build_report(
                 if close_scorer:
                     await s.aclose()
 
-        report.nll = asyncio.run(score(scorer))
-        report.scorer_name = scorer_name
+        try:
+            report.nll = asyncio.run(score(scorer))
+            report.scorer_name = scorer_name
+        except BackendError as exc:
+            logger.warning("no NLL: %s", exc)
+            report.nll_note = f"Not computed: {scorer_name or 'the scorer'} cannot score text ({exc})."
 
     report.viewer_ids = _viewer_ids(runs, samples)
     report.html = render_html(report)
@@ -214,7 +218,7 @@ def write_report(
     split: TextTokenizer | None = None
     tokenizer_name = ""
     if tokenizer_ref:
-        from ..scoring import load_hf_tokenizer
+        from ..hf import load_hf_tokenizer
 
         split = hf_text_tokenizer(load_hf_tokenizer(str(tokenizer_ref)))
         tokenizer_name = f"the tokenizer of {tokenizer_ref}"

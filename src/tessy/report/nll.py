@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..backends.base import Prompt, Scorer, ScoreRequest
-from ..errors import FormatError, TessyError
+from ..errors import BackendError, FormatError, TessyError
 from ..formats import Format
 from .runs import Run, prompt_messages, thinking_text
 
@@ -56,8 +56,13 @@ def pick_ids(runs: Sequence[Run], limit: int) -> list[list[str]]:
 
 
 async def run_nll(runs: Sequence[Run], scorer: Scorer, fmt: Format, *, max_samples: int = 32) -> list[RunNLL]:
-    """Score up to ``max_samples`` thinking texts of each run with ``scorer``."""
+    """Score up to ``max_samples`` thinking texts of each run with ``scorer``.
+
+    A sample that fails is logged and left out; a scorer that fails for good (a non-retryable
+    :class:`BackendError`) before it has scored anything raises it: it cannot score at all.
+    """
     results: list[RunNLL] = []
+    scored_any = False
     for run, ids in zip(runs, pick_ids(runs, max_samples), strict=True):
         by_id = run.by_id
         total = 0.0
@@ -77,8 +82,11 @@ async def run_nll(runs: Sequence[Run], scorer: Scorer, fmt: Format, *, max_sampl
             try:
                 scores = await scorer.score(ScoreRequest(Prompt.of(prompt), thinking, sample_id))
             except TessyError as exc:
+                if isinstance(exc, BackendError) and not exc.retryable and not scored_any:
+                    raise
                 logger.warning("%s: scoring sample %s failed: %s", run.name, sample_id, exc)
                 continue
+            scored_any = True
             if not len(scores):
                 continue
             total += -sum(scores.logprobs)

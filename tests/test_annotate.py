@@ -189,8 +189,12 @@ async def test_the_lexicon_judge_needs_no_model(tmp_path: Path):
     records = list(read_jsonl(out))
     assert [records[0]["window_text"][a:b] for a, b in records[0]["spans"]] == ["Okay, so"]
     assert records[0]["judge"] == "lexicon"
+    again = await aannotate([traces], out, judge="lexicon", window_words=10, limit=3)
+    assert again.skipped == 3 and again.windows == 0  # the same limit run again adds nothing
+    one_more = await aannotate([traces], out, judge="lexicon", window_words=10, limit=4)
+    assert one_more.skipped == 3 and one_more.accepted == 1
     rest = await aannotate([traces], out, judge="lexicon", window_words=10)
-    assert rest.skipped == 3 and rest.accepted == 2
+    assert rest.skipped == 4 and rest.accepted == 1
 
 
 def test_an_unknown_judge_is_a_config_error(tmp_path: Path):

@@ -270,7 +270,9 @@ async def aannotate(
     ``judge`` is ``"lexicon"`` or a :class:`Role` whose backend and format the judge uses; the
     caller closes its backend. ``prefill`` opens the judge's answer and is parsed with the
     output: ``'["'`` steers small models into a list of quoted strings (an answer of ``"]`` then
-    reads as ``[""]``, an empty phrase, which is skipped: no style). ``limit`` caps the windows annotated in this run.
+    reads as ``[""]``, an empty phrase, which is skipped: no style). ``limit`` takes only the
+    first ``limit`` windows of the inputs, counting those annotated by an earlier run: run
+    again, it finishes what was missing and adds no more.
     """
     if isinstance(judge, str) and judge != "lexicon":
         raise ConfigError(f"unknown judge {judge!r}: give 'lexicon' or a model")
@@ -297,7 +299,7 @@ async def aannotate(
                 summary.traces += 1
                 trace_id = str(trace.get("id"))
                 for window in cut_windows(text, window_words):
-                    if limit is not None and queued >= limit:
+                    if limit is not None and queued + summary.skipped >= limit:
                         return
                     if (trace_id, window.index) in done:
                         summary.skipped += 1

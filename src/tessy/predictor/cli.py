@@ -183,7 +183,7 @@ def register(sub: Any, print_table: PrintTable) -> None:
     p.add_argument("--concurrency", type=int, default=8, help="judge requests in flight (default 8)")
     p.add_argument("--max-tokens", type=int, default=96, help="tokens the judge may write (default 96)")
     p.add_argument("--prefill", default='["', help="text that opens the judge's answer (default '[\"')")
-    p.add_argument("--limit", type=int, help="annotate at most N windows in this run")
+    p.add_argument("--limit", type=int, help="only the first N windows (counting those done before)")
     bind(p, _annotate)
 
     p = cmds.add_parser("train", help="train a token classifier on annotated windows")

@@ -75,3 +75,17 @@ def test_the_hf_example_is_valid() -> None:
     cfg = load_config(EXAMPLES / "hf-cpu.yaml")
     assert isinstance(cfg.student, HFRole) and isinstance(cfg.teacher, HFRole)
     assert (cfg.student.model, cfg.teacher.model) == ("smollm2-135m", "qwen2.5-coder-0.5b")
+
+
+def test_models_are_found_as_folders_files_hub_ids_or_catalogue_names(tmp_path: Path) -> None:
+    from tessy.hf import locate
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert (locate(tmp_path).folder, locate(tmp_path).gguf_file) == (tmp_path, None)
+    assert (locate(str(gguf)).folder, locate(str(gguf)).gguf_file) == (tmp_path, "m.gguf")
+    hub = locate("Qwen/Qwen3-0.6B-Base")  # the paper's predictor backbone, fetched by transformers
+    assert str(hub.path) == "Qwen/Qwen3-0.6B-Base" and hub.gguf_file is None
+    for wrong in ("no-such-model", str(tmp_path / "missing" / "x.gguf"), "a/b/c"):
+        with pytest.raises(ConfigError, match="Hub id"):
+            locate(wrong)

@@ -248,7 +248,9 @@ class HFRole(RoleBase):
     """
 
     backend: Literal["hf"]
-    model: ModelRef = Field(description="A Hugging Face model folder, a .gguf file or a catalogued model name.")
+    model: ModelRef = Field(
+        description="A Hugging Face model folder or Hub id, a .gguf file or a catalogued model name."
+    )
     device: str = Field(
         "auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.", json_schema_extra=NOT_HASHED
     )

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: ``owner/name`` on the Hugging Face Hub (not a path that exists here).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 #: Bumped when the conversion of GGUF files changes, so older conversions are not reused.
 _CONVERSION = 2
@@ -82,7 +86,9 @@ class ModelSource:
 
 
 def locate(spec: str | Path) -> ModelSource:
-    """Find a model given as a folder, a ``.gguf`` file or a name from :data:`tessy.models.CATALOGUE`."""
+    """Find a model given as a folder, a ``.gguf`` file, a name from
+    :data:`tessy.models.CATALOGUE`, or a Hugging Face Hub id (``Qwen/Qwen3-0.6B-Base``), which
+    transformers fetches into its own cache where the Hub can be reached."""
     from . import models
 
     path = Path(spec).expanduser()
@@ -93,9 +99,11 @@ def locate(spec: str | Path) -> ModelSource:
     if str(spec) in models.CATALOGUE:
         found = models.resolve(str(spec))
         return ModelSource(found.parent, found.name)
+    if isinstance(spec, str) and _HUB_ID.fullmatch(spec):
+        return ModelSource(Path(spec))
     raise ConfigError(
-        f"cannot find the model {str(spec)!r}: give a Hugging Face model folder, a .gguf file, "
-        f"or one of the catalogued models ({', '.join(models.CATALOGUE)})"
+        f"cannot find the model {str(spec)!r}: give a Hugging Face model folder or Hub id, a .gguf "
+        f"file, or one of the catalogued models ({', '.join(models.CATALOGUE)})"
     )
 
 

@@ -34,11 +34,14 @@ def server() -> Iterator[LlamaServer]:
     loop = asyncio.new_event_loop()  # the child process belongs to the loop that started it
     try:
         loop.run_until_complete(srv.start())
+        log = srv.log_path
+        assert log is not None and log.exists()  # the server's stderr while it runs
         yield srv
         loop.run_until_complete(srv.stop())
     finally:
         loop.close()
     assert not srv.running
+    assert not log.exists() and srv.log_path is None  # a clean stop leaves no file behind
 
 
 def client(srv: LlamaServer) -> OpenAICompletionsBackend:
@@ -165,9 +168,13 @@ def test_a_server_that_cannot_start_says_why(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF but not really a model")
     srv = LlamaServer(bad, n_threads=1, startup_timeout_s=60)
-    with pytest.raises(TessyError, match="did not start"):
+    with pytest.raises(TessyError, match="did not start") as failure:
         asyncio.run(srv.start())
     assert not srv.running
+    # The log is kept for diagnosis, and the error names it.
+    assert srv.log_path is not None and srv.log_path.exists()
+    assert str(srv.log_path) in str(failure.value)
+    srv.log_path.unlink()
 
 
 def test_no_server_outlives_a_killed_parent(tmp_path):

@@ -3,7 +3,9 @@
 :class:`LlamaServer` starts llama.cpp's own HTTP server (from the ``xllamacpp`` wheel) in a
 child process on 127.0.0.1 and a free port, waits until it is healthy, and stops it on
 :meth:`LlamaServer.stop`, on error, on Ctrl-C and even when this process is killed (the child
-dies with its parent). :class:`LlamaCppBackend` starts one lazily on first use and talks to it
+dies with its parent). The server's log goes to a temporary file that a clean stop removes; when
+the server fails to start or dies, the file is kept and the error names it.
+:class:`LlamaCppBackend` starts one lazily on first use and talks to it
 through :class:`~tessy.backends.openai.OpenAICompletionsBackend`.
 """
 
@@ -56,11 +58,8 @@ class LlamaServer:
         self.url: str | None = None  # the server's root, e.g. http://127.0.0.1:41941
         self.started_s: float | None = None
         self._proc: asyncio.subprocess.Process | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="tessy-llama-", suffix=".log", delete=False)  # noqa: SIM115
-
-    @property
-    def log_path(self) -> Path:
-        return Path(self._log.name)
+        self._log: Any = None  # the server's stderr, a temporary file while it runs
+        self.log_path: Path | None = None
 
     @property
     def running(self) -> bool:
@@ -71,6 +70,9 @@ class LlamaServer:
         if self.url is not None and self.running:
             return self.url
         started = time.perf_counter()
+        if self._log is None:
+            self._log = tempfile.NamedTemporaryFile(prefix="tessy-llama-", suffix=".log", delete=False)  # noqa: SIM115
+            self.log_path = Path(self._log.name)
         args = {
             "model": str(self.model_path),
             "alias": self.alias,
@@ -102,7 +104,7 @@ class LlamaServer:
             self.url = str(info["url"])
             await self._wait_healthy()
         except BaseException:
-            await self.stop()
+            await self.stop(keep_log=True)
             raise
         self.started_s = time.perf_counter() - started
         logger.info("llama.cpp server for %s at %s (%.1f s)", self.model_path.name, self.url, self.started_s)
@@ -116,6 +118,8 @@ class LlamaServer:
             return None
 
     def _log_tail(self, n: int = 1500) -> str:
+        if self.log_path is None:
+            return ""
         try:
             text = self.log_path.read_text(errors="replace")[-n:]
         except OSError:
@@ -137,12 +141,37 @@ class LlamaServer:
                     )
                 await asyncio.sleep(0.1)
 
-    async def stop(self) -> None:
-        """Stop the server (idempotent): close its stdin, then terminate, then kill."""
+    async def stop(self, *, keep_log: bool = False) -> None:
+        """Stop the server (idempotent): close its stdin, then terminate, then kill.
+
+        The log file is removed unless ``keep_log`` is set or the server had already died on its
+        own (then a warning names the file)."""
         proc, self._proc = self._proc, None
         self.url = None
-        if proc is None or proc.returncode is not None:
+        if proc is not None and proc.returncode is not None and proc.returncode != 0:
+            keep_log = True
+            logger.warning(
+                "the llama.cpp server for %s had exited with code %s; its log is %s",
+                self.model_path.name,
+                proc.returncode,
+                self.log_path,
+            )
+        if proc is not None and proc.returncode is None:
+            await self._end(proc)
+        self._close_log(keep_log)
+
+    def _close_log(self, keep: bool) -> None:
+        log, self._log = self._log, None
+        if log is None:
             return
+        log.close()
+        assert self.log_path is not None
+        if not keep or not self.log_path.stat().st_size:  # an empty log tells nobody anything
+            self.log_path.unlink(missing_ok=True)
+            self.log_path = None
+
+    @staticmethod
+    async def _end(proc: asyncio.subprocess.Process) -> None:
         if proc.stdin is not None:
             proc.stdin.close()
         for action in (None, proc.terminate, proc.kill):

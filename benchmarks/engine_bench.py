@@ -4,8 +4,9 @@ Prints:
 1. engine steps (requests) per second at k = 20;
 2. the per-step cost for 1K-token and 30K-token responses, and their ratio (it must stay
    under 1.3: no per-step work may grow with the length of the response);
-3. resident memory while streaming 100K input prompts through ``tessy.asynthesize`` to a
-   JSONL file (it must stay flat: input is read lazily, output written as samples finish).
+3. resident memory while streaming 100K input prompts (a JSONL file, or with ``--input
+   parquet`` a Parquet file) through ``tessy.asynthesize`` to a JSONL file (it must stay flat:
+   input is read lazily, output written as samples finish).
 
 The fake models write pseudo-random words (a seeded generator per sample and role), so the
 text never repeats and cuts happen at a realistic rate. Run: ``python benchmarks/engine_bench.py``
@@ -107,12 +108,34 @@ data: {{input: {input}, output: {output}}}
 """
 
 
-def bench_memory(n: int) -> None:
+def write_prompts(folder: Path, n: int, kind: str) -> Path:
+    rows = ({"id": f"p{i}", "prompt": f"Problem {i}: add {i} and {i + 1}."} for i in range(n))
+    if kind == "parquet":  # row groups of 10K rows, as a dataset's shards usually have
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        src = folder / "prompts.parquet"
+        schema = pa.schema([("id", pa.string()), ("prompt", pa.string())])
+        with pq.ParquetWriter(src, schema) as writer:
+            batch: list[dict[str, str]] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) == 10_000:
+                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                    batch = []
+            if batch:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+        return src
+    src = folder / "prompts.jsonl"
+    with src.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return src
+
+
+def bench_memory(n: int, kind: str = "jsonl") -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        src, out = Path(tmp) / "prompts.jsonl", Path(tmp) / "out.jsonl"
-        with src.open("w") as f:
-            for i in range(n):
-                f.write(json.dumps({"id": f"p{i}", "prompt": f"Problem {i}: add {i} and {i + 1}."}) + "\n")
+        src, out = write_prompts(Path(tmp), n, kind), Path(tmp) / "out.jsonl"
         config = load_config(data=yaml.safe_load(OFFLINE_CONFIG.format(input=src, output=out)))
         proc = psutil.Process()
         marks = sorted({n // 10, n // 2, n})
@@ -127,7 +150,7 @@ def bench_memory(n: int) -> None:
         summary = asyncio.run(asynthesize(config, progress=progress))
         wall = time.perf_counter() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"== memory while streaming {n:,} prompts through tessy.asynthesize ==")
+        print(f"== memory while streaming {n:,} prompts ({kind}) through tessy.asynthesize ==")
         print(f"written {summary.written:,} records ({out.stat().st_size / 2**20:.1f} MiB) in {wall:.1f} s")
         for done, rss in readings:
             print(f"RSS after {done:>7,} prompts: {rss:6.1f} MiB")
@@ -141,9 +164,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run (seconds)")
     parser.add_argument("--prompts", type=int, default=None, help="prompts for the memory run (default 100000)")
+    parser.add_argument(
+        "--input", choices=["jsonl", "parquet"], default="jsonl", help="the prompts' file for the memory run"
+    )
+    parser.add_argument("--memory-only", action="store_true", help="skip the step benchmarks")
     args = parser.parse_args()
-    bench_steps(args.quick)
-    bench_memory(args.prompts or (10_000 if args.quick else 100_000))
+    if not args.memory_only:
+        bench_steps(args.quick)
+    bench_memory(args.prompts or (10_000 if args.quick else 100_000), args.input)
     return 0
 
 

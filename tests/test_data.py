@@ -245,7 +245,7 @@ def test_malformed_line_is_a_bad_line_and_reading_goes_on(tmp_path: Path, case: 
     assert isinstance(after, Sample)
     assert after.id == "after"
     assert isinstance(bad, BadLine)
-    assert bad.path == path
+    assert bad.source == str(path)
     assert bad.line_no == 2
     assert bad.raw == line
     assert needle in bad.error
@@ -370,7 +370,7 @@ def test_failures_go_to_the_sidecar_with_their_reason(tmp_path: Path) -> None:
 
 def test_bad_lines_go_to_the_sidecar_with_line_number(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
-    bad = BadLine(tmp_path / "prompts.jsonl", 7, "not valid JSON (Expecting value at column 1)", "{oops")
+    bad = BadLine(str(tmp_path / "prompts.jsonl"), 7, "not valid JSON (Expecting value at column 1)", "{oops")
     with open_store(out) as store:
         store.write_bad_line(bad)
     (rec,) = jsonl(tmp_path / "out.failed.jsonl")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -122,8 +123,13 @@ def _demo(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     # Paths given as options are relative to the current directory, not to the config file.
+    # A source given as an option replaces the config's, whichever kind that was.
     if args.input:
-        overrides.append(f"data.input={Path(args.input).resolve()}")
+        overrides += [f"data.input={Path(args.input).resolve()}", "data.dataset=null"]
+    if args.dataset:
+        overrides += [f"data.dataset={json.dumps(args.dataset)}", "data.input=null"]
+    if args.split:
+        overrides.append(f"data.split={json.dumps(args.split)}")
     if args.output:
         overrides.append(f"data.output={Path(args.output).resolve()}")
     if args.limit is not None:
@@ -269,9 +275,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    synth = sub.add_parser("synth", help="synthesise responses for a file of prompts")
+    synth = sub.add_parser("synth", help="synthesise responses for a file or dataset of prompts")
     synth.add_argument("--config", required=True, help="YAML run config")
-    synth.add_argument("--input", help="JSONL prompts (overrides data.input)")
+    source = synth.add_mutually_exclusive_group()
+    source.add_argument("--input", help="prompts: a JSONL or Parquet file or a dataset folder (overrides data.input)")
+    source.add_argument("--dataset", help="prompts from a Hugging Face Hub dataset, e.g. open-r1/codeforces")
+    synth.add_argument("--split", help="the dataset's split (default: train)")
     synth.add_argument("--output", help="JSONL output (overrides data.output); resumes if it exists")
     synth.add_argument("--limit", type=int, help="use only the first N prompts")
     synth.add_argument(

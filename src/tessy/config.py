@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from .data import PromptSource
 from .engine import Mode
 from .errors import ConfigError
 
@@ -298,7 +299,15 @@ class GuardsConfig(_Model):
 class DataConfig(_Model):
     """Where prompts come from and where records go; none of it changes the data."""
 
-    input: ConfigPath | None = Field(None, description="JSONL prompts.")
+    input: ConfigPath | None = Field(
+        None,
+        description="Prompts: a JSONL or Parquet file, or a dataset folder (save_to_disk, or data files).",
+    )
+    dataset: str | None = Field(
+        None, description="Prompts from a Hugging Face Hub dataset instead (e.g. open-r1/codeforces), streamed."
+    )
+    split: str = Field("train", description="The split of a dataset folder or Hub dataset.")
+    subset: str | None = Field(None, description="The configuration (subset) of a dataset folder or Hub dataset.")
     output: ConfigPath | None = Field(None, description="JSONL records (append-only).")
     prompt_field: str | None = Field(
         None, description="Field holding the prompt (text or chat messages); default: 'messages', else 'prompt'."
@@ -310,6 +319,23 @@ class DataConfig(_Model):
     retry_failed: bool = Field(False, description="Run again the samples that failed in an earlier run.")
     allow_config_change: bool = Field(False, description="Append to an output made with another config.")
     fsync: bool = Field(False, description="fsync after every record (survives power loss, costs speed).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.input is not None and self.dataset is not None:
+            raise ValueError(
+                f"data.input ({self.input}) and data.dataset ({self.dataset}) are both set; "
+                "prompts come from one of them"
+            )
+        return self
+
+    def source(self) -> PromptSource | None:
+        """Where the prompts come from, or None when neither data.input nor data.dataset is set."""
+        if self.dataset is not None:
+            return PromptSource(self.dataset, self.split, self.subset, hub=True)
+        if self.input is not None:
+            return PromptSource(str(self.input), self.split, self.subset)
+        return None
 
 
 class SynthConfig(_Model):

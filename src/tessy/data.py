@@ -1,6 +1,9 @@
 """Reading prompts and writing records so that no sample is ever lost.
 
-Input is JSONL read lazily, one line at a time. Output is append-only JSONL: every record is
+Input is read lazily, one prompt at a time, from a JSONL file, a Parquet file, a folder (one
+saved with ``datasets``' ``save_to_disk``, or data files that ``datasets.load_dataset`` reads)
+or a dataset on the Hugging Face Hub, streamed (see :class:`PromptSource`); all but JSONL need
+the ``datasets`` package. Output is append-only JSONL: every record is
 written with one ``write`` of a whole line, so the file is valid JSONL after every record; a
 line torn by a crash (possible only on power loss or a full disk) is found and cut off on the
 next run. Finished ids are skipped on resume; samples that failed go to a sidecar file with
@@ -12,6 +15,7 @@ resolved config and its hash).
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
@@ -28,6 +32,7 @@ from .records import Message, Sample, SampleResult
 __all__ = [
     "BadLine",
     "OutputStore",
+    "PromptSource",
     "iter_records",
     "prompt_id",
     "read_prompts",
@@ -44,15 +49,199 @@ RESERVED = frozenset({"id", "messages", "spans", "stats", "config_hash", "mode",
 
 @dataclass(frozen=True, slots=True)
 class BadLine:
-    """An input line that could not be turned into a sample."""
+    """An input line (or a dataset's row) that could not be turned into a sample."""
 
-    path: Path
-    line_no: int
+    source: str  # the file, folder or dataset it came from
+    line_no: int  # its line (JSONL) or row (other sources), counted from 1
     error: str
     raw: str
+    unit: str = "line"
+
+    @property
+    def key(self) -> str:
+        """Its id in the failure file, e.g. ``prompts.jsonl:7``."""
+        return f"{Path(self.source).name}:{self.line_no}"
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line_no}: {self.error}"
+        where = f"{self.source}:{self.line_no}" if self.unit == "line" else f"{self.source} {self.unit} {self.line_no}"
+        return f"{where}: {self.error}"
+
+
+#: What ``datasets`` gives a saved dataset's folder (``save_to_disk``), one split or several.
+_SAVED_MARKERS = ("state.json", "dataset_dict.json")
+
+
+@dataclass(frozen=True, slots=True)
+class PromptSource:
+    """Where prompts come from.
+
+    ``location`` is a JSONL file (any other suffix than ``.parquet``), a Parquet file, a folder
+    (saved with ``save_to_disk``, or holding data files ``datasets.load_dataset`` reads: JSONL,
+    JSON, CSV, Parquet), or, with ``hub`` set, a dataset id on the Hugging Face Hub
+    (``open-r1/codeforces``), streamed so that no more than a batch of rows is in memory.
+    ``split`` and ``subset`` (the dataset's configuration name) apply to folders and the Hub.
+    """
+
+    location: str
+    split: str = "train"
+    subset: str | None = None
+    hub: bool = False
+
+    @classmethod
+    def of(cls, value: PromptSource | Path | str) -> PromptSource:
+        return value if isinstance(value, PromptSource) else cls(str(value))
+
+    @property
+    def path(self) -> Path:
+        return Path(self.location).expanduser()
+
+    @property
+    def kind(self) -> str:
+        """``jsonl``, ``parquet``, ``saved`` (a save_to_disk folder), ``folder`` or ``hub``."""
+        if self.hub:
+            return "hub"
+        path = self.path
+        if path.is_dir():
+            return "saved" if any((path / m).is_file() for m in _SAVED_MARKERS) else "folder"
+        return "parquet" if path.suffix.lower() == ".parquet" else "jsonl"
+
+    def __str__(self) -> str:
+        if self.kind in ("jsonl", "parquet"):
+            return self.location
+        subset = f"/{self.subset}" if self.subset else ""
+        return f"{self.location}{subset}[{self.split}]"
+
+    def check(self) -> None:
+        """Raise :class:`DataError` when a local source is missing (the Hub is asked on reading)."""
+        if self.hub:
+            if not self.location.strip():
+                raise DataError("the dataset id is empty; give one such as open-r1/codeforces")
+            return
+        if not self.path.exists():
+            raise DataError(
+                f"the input {self.location} does not exist; give a JSONL or Parquet file of prompts, "
+                "a dataset folder, or a Hub dataset (data.dataset)"
+            )
+
+    def count(self, limit: int | None = None) -> int | None:
+        """How many prompts there are (capped at ``limit``), where that is cheap to know."""
+        kind = self.kind
+        if kind == "jsonl":
+            n = 0
+            with self.path.open("rb") as f:
+                for line in f:
+                    if line.strip():
+                        n += 1
+                        if limit is not None and n >= limit:
+                            break
+            return n
+        if kind == "parquet":
+            pq = _require("pyarrow.parquet", self)
+            n = int(pq.ParquetFile(self.path).metadata.num_rows)
+        elif kind == "saved":
+            n = len(self._saved())
+        else:
+            return None  # a stream: its length is known only at its end
+        return min(n, limit) if limit is not None else n
+
+    def rows(self) -> Iterator[tuple[int, Any, str | None]]:
+        """``(number, object or ValueError, raw text or None)`` for every prompt, lazily.
+
+        Numbers are line numbers (blank lines skipped) for JSONL, row numbers from 1 otherwise."""
+        kind = self.kind
+        if kind == "jsonl":
+            yield from _jsonl_rows(self.path)
+            return
+        try:
+            if kind == "parquet":
+                pq = _require("pyarrow.parquet", self)
+                n = 0
+                for batch in pq.ParquetFile(self.path).iter_batches(batch_size=256):
+                    for row in batch.to_pylist():
+                        n += 1
+                        yield n, _jsonable(row), None
+                return
+            dataset = self._saved() if kind == "saved" else self._streamed()
+            for n, row in enumerate(dataset, start=1):
+                yield n, _jsonable(row), None
+        except DataError:
+            raise
+        except Exception as exc:  # datasets and pyarrow raise many kinds: each one is a read that failed
+            raise DataError(f"cannot read prompts from {self.describe()}: {exc}") from exc
+
+    def describe(self) -> str:
+        """The source in words, for errors."""
+        if self.hub:
+            return f"the Hugging Face Hub dataset {self} (is the Hub reachable, and the id right?)"
+        if self.kind in ("saved", "folder"):
+            return f"the dataset folder {self}"
+        return f"the {self.kind} file {self}"
+
+    def _saved(self) -> Any:
+        datasets = _require("datasets", self)
+        loaded = datasets.load_from_disk(str(self.path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if self.split not in loaded:
+                raise DataError(f"{self.location} has no split {self.split!r}; it has {sorted(loaded)} (data.split)")
+            loaded = loaded[self.split]
+        return loaded
+
+    def _streamed(self) -> Any:
+        datasets = _require("datasets", self)
+        location = self.location if self.hub else str(self.path)
+        return datasets.load_dataset(location, self.subset, split=self.split, streaming=True)
+
+
+def _require(module: str, source: PromptSource) -> Any:
+    """Import ``module`` (datasets or pyarrow), or say how to install it."""
+    import importlib
+
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError:
+        raise DataError(
+            f"reading {source} needs the datasets extra: pip install 'tessy[datasets]' "
+            "(or give the prompts as a JSONL file)"
+        ) from None
+    if module == "datasets":
+        loaded.disable_progress_bars()
+    return loaded
+
+
+def _jsonable(value: Any) -> Any:
+    """A dataset row as plain JSON values (dates as ISO text, anything else unknown as text)."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    return str(value)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    if path.is_dir():
+        raise DataError(f"the input {path} is a folder; give a JSONL file")
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise DataError(f"cannot read the input {path}: {exc}") from exc
+    with handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield line_no, ValueError(f"not valid UTF-8 (byte {exc.start})"), line
+                continue
+            try:
+                yield line_no, json.loads(line), line
+            except json.JSONDecodeError as exc:
+                yield line_no, ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})"), line
 
 
 def prompt_id(messages: list[Message]) -> str:
@@ -107,36 +296,30 @@ def parse_prompt(obj: Any, *, prompt_field: str | None = None, id_field: str = "
 
 
 def read_prompts(
-    path: Path, *, prompt_field: str | None = None, id_field: str = "id", strict: bool = False
+    source: PromptSource | Path | str,
+    *,
+    prompt_field: str | None = None,
+    id_field: str = "id",
+    strict: bool = False,
 ) -> Iterator[Sample | BadLine]:
-    """Samples from a JSONL file, lazily; malformed lines come as :class:`BadLine` (or raise if strict)."""
-    if path.is_dir():
-        raise DataError(f"the input {path} is a folder; give a JSONL file")
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise DataError(f"cannot read the input {path}: {exc}") from exc
-    with handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            line = raw.decode("utf-8", errors="replace")
-            try:
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise ValueError(f"not valid UTF-8 (byte {exc.start})") from None
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-                yield parse_prompt(obj, prompt_field=prompt_field, id_field=id_field)
-            except ValueError as exc:
-                bad = BadLine(path, line_no, str(exc), line.rstrip("\r\n"))
-                if strict:
-                    raise DataError(f"{bad} (data.strict is on; turn it off to record such lines and go on)") from None
-                logger.error("skipping malformed input line %s", bad)
-                yield bad
+    """Samples from a :class:`PromptSource` (or a file's path), lazily; malformed lines or rows
+    come as :class:`BadLine` (or raise :class:`DataError` if strict)."""
+    source = PromptSource.of(source)
+    source.check()
+    unit = "line" if source.kind == "jsonl" else "row"
+    for number, obj, raw in source.rows():
+        try:
+            if isinstance(obj, ValueError):
+                raise obj
+            yield parse_prompt(obj, prompt_field=prompt_field, id_field=id_field)
+        except ValueError as exc:
+            if raw is None:
+                raw = json.dumps(obj, ensure_ascii=False)
+            bad = BadLine(str(source), number, str(exc), raw, unit)
+            if strict:
+                raise DataError(f"{bad} (data.strict is on; turn it off to record such lines and go on)") from None
+            logger.error("skipping malformed input %s", bad)
+            yield bad
 
 
 def result_record(result: SampleResult, config_hash: str, mode: str) -> dict[str, Any]:
@@ -343,7 +526,7 @@ class OutputStore:
         self._append(
             self.failed_path,
             {
-                "id": f"{bad.path.name}:{bad.line_no}",
+                "id": bad.key,
                 "failure": f"bad_input: {bad.error}",
                 "raw": bad.raw,
                 "config_hash": self.config_hash,

@@ -14,9 +14,9 @@ from typing import Any
 from .backends import SamplingParams, create_backend
 from .boundary import create_predictor
 from .config import RoleConfig, SynthConfig
-from .data import BadLine, OutputStore, read_prompts
+from .data import BadLine, OutputStore, PromptSource, read_prompts
 from .engine import Engine, Limits, RepetitionGuard, Role
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .formats import get_format
 from .records import Sample, SampleResult, Source
 from .tokenizers import Tokenizer, load_tokenizer
@@ -161,16 +161,9 @@ def build_engine(config: SynthConfig) -> Engine:
         raise ConfigError(str(exc)) from exc
 
 
-def count_prompts(path: Path, limit: int | None = None) -> int:
-    """Non-blank lines of an input file (for progress totals), capped at ``limit``."""
-    n = 0
-    with path.open("rb") as f:
-        for line in f:
-            if line.strip():
-                n += 1
-                if limit is not None and n >= limit:
-                    break
-    return n
+def count_prompts(source: PromptSource | Path, limit: int | None = None) -> int | None:
+    """How many prompts a source has (for progress totals), capped at ``limit``; None for a stream."""
+    return PromptSource.of(source).count(limit)
 
 
 async def asynthesize(
@@ -186,12 +179,15 @@ async def asynthesize(
     ``progress`` is called with the running summary after every sample.
     """
     data = config.data
-    input_path, output_path = data.input, data.output
-    if input_path is None or output_path is None:
-        raise ConfigError("say where prompts come from and where records go: set data.input and data.output")
-    if not input_path.is_file():
-        what = "is a folder" if input_path.is_dir() else "does not exist"
-        raise ConfigError(f"the input {input_path} {what}; give a JSONL file of prompts")
+    source, output_path = data.source(), data.output
+    if source is None or output_path is None:
+        raise ConfigError(
+            "say where prompts come from and where records go: set data.input (or data.dataset) and data.output"
+        )
+    try:
+        source.check()
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
     if output_path.is_dir():
         raise ConfigError(f"the output {output_path} is a folder; give a file name such as out.jsonl")
     config_hash = config.config_hash()
@@ -207,20 +203,20 @@ async def asynthesize(
     )
     summary.failed_path = store.failed_path
     if progress is not None:
-        summary.total = count_prompts(input_path, config.limit)
+        summary.total = count_prompts(source, config.limit)
     owned = engine is None
     engine = engine or build_engine(config)
 
     def samples() -> Iterator[Sample]:
         seen = 0
-        prompts = read_prompts(input_path, prompt_field=data.prompt_field, id_field=data.id_field, strict=data.strict)
+        prompts = read_prompts(source, prompt_field=data.prompt_field, id_field=data.id_field, strict=data.strict)
         for item in prompts:
             if config.limit is not None and seen >= config.limit:
                 return
             seen += 1
             if isinstance(item, BadLine):
                 summary.bad_lines += 1
-                if f"{item.path.name}:{item.line_no}" not in store.failed_ids:
+                if item.key not in store.failed_ids:
                     store.write_bad_line(item)
             elif item.id in store.done_ids:
                 summary.skipped_done += 1

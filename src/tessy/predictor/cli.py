@@ -162,7 +162,7 @@ def register(sub: Any, print_table: PrintTable) -> None:
     p = cmds.add_parser("sample", help="sample reasoning traces from the teacher or the student")
     p.add_argument("--config", required=True, help="run config whose teacher/student section gives the model")
     p.add_argument("--role", required=True, choices=["teacher", "student"])
-    p.add_argument("--input", required=True, help="JSONL prompts")
+    p.add_argument("--input", required=True, help="prompts: a JSONL or Parquet file or a dataset folder")
     p.add_argument("--output", required=True, help="JSONL traces (resumes if it exists)")
     p.add_argument("--max-tokens", type=int, default=256, help="new tokens per trace (default 256)")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")

@@ -20,9 +20,9 @@ from typing import Any
 
 from ..backends import GenerateRequest, Prompt
 from ..config import LexiconPredictorConfig, RoleConfig
-from ..data import BadLine, read_prompts
+from ..data import BadLine, PromptSource, read_prompts
 from ..engine import Role
-from ..errors import BackendError, ConfigError
+from ..errors import BackendError, ConfigError, DataError
 from ..records import Sample, Source
 from .files import JsonlWriter, read_jsonl
 
@@ -135,8 +135,10 @@ async def asample_traces(
 
 
 def _check_input(path: Path) -> None:
-    if not path.is_file():
-        raise ConfigError(f"the prompts file {path} does not exist or is not a file")
+    try:
+        PromptSource.of(path).check()
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 async def _trace(role: Role, sample: Sample, max_tokens: int, max_failures: int) -> dict[str, Any] | str:

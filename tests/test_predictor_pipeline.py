@@ -93,6 +93,22 @@ def run_cli(*args: str) -> None:
     assert main(list(args)) == 0, args
 
 
+def test_sample_takes_its_prompts_from_the_configs_data_section_or_a_parquet_file(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    rows = [{"id": f"q{i}", "problem": f"What is {i} + 1?"} for i in range(3)]
+    (tmp_path / "problems.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {**SCRIPTED, "data": {"input": "problems.jsonl", "prompt_field": "problem"}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "traces.jsonl"
+    common = ["predictor", "sample", "--config", str(tmp_path / "run.yaml"), "--role", "student"]
+    run_cli(*common, "--output", str(out), "--max-tokens", "5")
+    assert [(r["id"], r["prompt"]) for r in read_jsonl(out)] == [(r["id"], r["problem"]) for r in rows]
+
+    datasets.Dataset.from_list([{"id": "z", "problem": "Is 91 prime?"}]).to_parquet(str(tmp_path / "more.parquet"))
+    run_cli(*common, "--input", str(tmp_path / "more.parquet"), "--output", str(out), "--max-tokens", "5")
+    assert [r["id"] for r in read_jsonl(out)] == ["q0", "q1", "q2", "z"]
+
+
 transformers = pytest.importorskip("transformers")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .config import load_config
+from .config import load_config, source_overrides
 from .errors import TessyError
 from .synth import RunSummary, asynthesize
 
@@ -123,13 +122,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     # Paths given as options are relative to the current directory, not to the config file.
-    # A source given as an option replaces the config's, whichever kind that was.
-    if args.input:
-        overrides += [f"data.input={Path(args.input).resolve()}", "data.dataset=null"]
-    if args.dataset:
-        overrides += [f"data.dataset={json.dumps(args.dataset)}", "data.input=null"]
-    if args.split:
-        overrides.append(f"data.split={json.dumps(args.split)}")
+    overrides += source_overrides(args.input, args.dataset, args.split)
     if args.output:
         overrides.append(f"data.output={Path(args.output).resolve()}")
     if args.limit is not None:

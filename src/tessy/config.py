@@ -403,6 +403,20 @@ def _folder_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def source_overrides(input: str | None = None, dataset: str | None = None, split: str | None = None) -> list[str]:
+    """Overrides for prompts given as command-line options (``--input``, ``--dataset``,
+    ``--split``): a file or folder relative to the current directory, and either replaces the
+    config's source of the other kind."""
+    out: list[str] = []
+    if input:
+        out += [f"data.input={json.dumps(str(Path(input).resolve()))}", "data.dataset=null"]
+    if dataset:
+        out += [f"data.dataset={json.dumps(dataset)}", "data.input=null"]
+    if split:
+        out.append(f"data.split={json.dumps(split)}")
+    return out
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set ``a.b.c=value`` overrides (values parsed as YAML) in a nested dict, in place."""
     for item in overrides:

@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from ..config import RoleConfig, load_config
+from ..config import RoleConfig, load_config, source_overrides
 from ..errors import ConfigError
 from ..records import Source
 
@@ -59,16 +59,23 @@ def _role_from(spec: str, default_role: Source = "teacher") -> tuple[RoleConfig,
 def _sample(args: argparse.Namespace, print_table: PrintTable) -> int:
     from .sample import sample_traces
 
-    config = load_config(Path(args.config), list(args.overrides))
+    # Prompts as tessy synth takes them: an option, else the config's data section.
+    overrides = [*args.overrides, *source_overrides(args.input, args.dataset, args.split)]
+    config = load_config(Path(args.config), overrides)
+    source = config.data.source()
+    if source is None:
+        raise ConfigError("say where the prompts are: --input FILE, --dataset OWNER/NAME, or data.input in the config")
     role: Source = args.role
     summary = sample_traces(
         getattr(config, role),
         role,
-        Path(args.input),
+        source,
         Path(args.output),
         max_tokens=args.max_tokens,
         concurrency=args.concurrency,
         limit=args.limit,
+        prompt_field=config.data.prompt_field,
+        id_field=config.data.id_field,
     )
     print_table(_table(f"tessy predictor sample ({role})", summary.to_dict()))
     return 0 if summary.written or summary.skipped else 1
@@ -162,7 +169,12 @@ def register(sub: Any, print_table: PrintTable) -> None:
     p = cmds.add_parser("sample", help="sample reasoning traces from the teacher or the student")
     p.add_argument("--config", required=True, help="run config whose teacher/student section gives the model")
     p.add_argument("--role", required=True, choices=["teacher", "student"])
-    p.add_argument("--input", required=True, help="prompts: a JSONL or Parquet file or a dataset folder")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--input", help="prompts: a JSONL or Parquet file or a dataset folder (default: the config's data.input)"
+    )
+    source.add_argument("--dataset", help="prompts from a Hugging Face Hub dataset, e.g. openai/gsm8k")
+    p.add_argument("--split", help="the dataset's split (default: train)")
     p.add_argument("--output", required=True, help="JSONL traces (resumes if it exists)")
     p.add_argument("--max-tokens", type=int, default=256, help="new tokens per trace (default 256)")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")

@@ -78,7 +78,7 @@ def build_sampling_role(name: Source, config: RoleConfig) -> Role:
 
 async def asample_traces(
     role: Role,
-    input_path: Path,
+    prompts: PromptSource | Path,
     output: Path,
     *,
     max_tokens: int = 256,
@@ -89,16 +89,18 @@ async def asample_traces(
     max_request_failures: int = 3,
     progress: Callable[[SampleSummary], None] | None = None,
 ) -> SampleSummary:
-    """Sample one trace per prompt of ``input_path`` from ``role`` into ``output``; the caller closes the role's backend."""
+    """Sample one trace per prompt of ``prompts`` (a file or a :class:`PromptSource`) from ``role``
+    into ``output``; the caller closes the role's backend."""
     if max_tokens < 1 or concurrency < 1:
         raise ConfigError("max_tokens and concurrency must be at least 1")
-    _check_input(input_path)
+    source = PromptSource.of(prompts)
+    _check_input(source)
     summary = SampleSummary(output=output)
     done = {str(r.get("id")) for r in read_jsonl(output, missing_ok=True) if r.get("role") == role.name}
     started = time.perf_counter()
 
     def samples() -> Iterator[Sample]:
-        for seen, item in enumerate(read_prompts(input_path, prompt_field=prompt_field, id_field=id_field)):
+        for seen, item in enumerate(read_prompts(source, prompt_field=prompt_field, id_field=id_field)):
             if limit is not None and seen >= limit:
                 return
             if isinstance(item, BadLine):
@@ -109,11 +111,11 @@ async def asample_traces(
             else:
                 yield item
 
-    source = samples()
+    pending = samples()
     with JsonlWriter(output) as writer:
 
         async def worker() -> None:
-            for sample in source:  # a shared iterator: each worker takes the next prompt
+            for sample in pending:  # a shared iterator: each worker takes the next prompt
                 record = await _trace(role, sample, max_tokens, max_request_failures)
                 if isinstance(record, str):
                     summary.failed += 1
@@ -134,9 +136,9 @@ async def asample_traces(
     return summary
 
 
-def _check_input(path: Path) -> None:
+def _check_input(source: PromptSource) -> None:
     try:
-        PromptSource.of(path).check()
+        source.check()
     except DataError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -175,13 +177,15 @@ async def _trace(role: Role, sample: Sample, max_tokens: int, max_failures: int)
     }
 
 
-def sample_traces(config: RoleConfig, name: Source, input_path: Path, output: Path, **kwargs: Any) -> SampleSummary:
+def sample_traces(
+    config: RoleConfig, name: Source, prompts: PromptSource | Path, output: Path, **kwargs: Any
+) -> SampleSummary:
     """Build the role from its config, sample, and close its backend (the synchronous entry point)."""
 
     async def run() -> SampleSummary:
         role = build_sampling_role(name, config)
         try:
-            return await asample_traces(role, input_path, output, **kwargs)
+            return await asample_traces(role, prompts, output, **kwargs)
         finally:
             await role.backend.aclose()
 

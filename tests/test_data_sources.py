@@ -129,6 +129,8 @@ def test_unreadable_sources_are_data_errors(tmp_path: Path) -> None:
     broken.write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match=r"parquet file .*broken\.parquet"):
         read(broken)
+    with pytest.raises(DataError, match=r"parquet file .*broken\.parquet"):
+        PromptSource.of(broken).count()  # the progress bar's total, asked first
     with pytest.raises(DataError, match="does not exist"):
         read(tmp_path / "missing.parquet")
 

@@ -78,7 +78,7 @@ class PromptSource:
     ``location`` is a JSONL file (any other suffix than ``.parquet``), a Parquet file, a folder
     (saved with ``save_to_disk``, or holding data files ``datasets.load_dataset`` reads: JSONL,
     JSON, CSV, Parquet), or, with ``hub`` set, a dataset id on the Hugging Face Hub
-    (``open-r1/codeforces``), streamed so that no more than a batch of rows is in memory.
+    (``open-r1/codeforces``), streamed. Every kind is read lazily.
     ``split`` and ``subset`` (the dataset's configuration name) apply to folders and the Hub.
     """
 
@@ -135,13 +135,17 @@ class PromptSource:
                         if limit is not None and n >= limit:
                             break
             return n
-        if kind == "parquet":
-            pq = _require("pyarrow.parquet", self)
-            n = int(pq.ParquetFile(self.path).metadata.num_rows)
-        elif kind == "saved":
-            n = len(self._saved())
-        else:
+        if kind not in ("parquet", "saved"):
             return None  # a stream: its length is known only at its end
+        try:
+            if kind == "parquet":
+                n = int(_require("pyarrow.parquet", self).ParquetFile(self.path).metadata.num_rows)
+            else:
+                n = len(self._saved())
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"cannot read prompts from {self.describe()}: {exc}") from exc
         return min(n, limit) if limit is not None else n
 
     def rows(self) -> Iterator[tuple[int, Any, str | None]]:

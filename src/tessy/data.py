@@ -226,8 +226,6 @@ def _jsonable(value: Any) -> Any:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    if path.is_dir():
-        raise DataError(f"the input {path} is a folder; give a JSONL file")
     try:
         handle = path.open("rb")
     except OSError as exc:
@@ -310,7 +308,7 @@ def read_prompts(
     come as :class:`BadLine` (or raise :class:`DataError` if strict)."""
     source = PromptSource.of(source)
     source.check()
-    unit = "line" if source.kind == "jsonl" else "row"
+    label, unit = str(source), "line" if source.kind == "jsonl" else "row"
     for number, obj, raw in source.rows():
         try:
             if isinstance(obj, ValueError):
@@ -319,7 +317,7 @@ def read_prompts(
         except ValueError as exc:
             if raw is None:
                 raw = json.dumps(obj, ensure_ascii=False)
-            bad = BadLine(str(source), number, str(exc), raw, unit)
+            bad = BadLine(label, number, str(exc), raw, unit)
             if strict:
                 raise DataError(f"{bad} (data.strict is on; turn it off to record such lines and go on)") from None
             logger.error("skipping malformed input %s", bad)

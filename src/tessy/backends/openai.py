@@ -412,15 +412,15 @@ def _echo_scores(logprobs: object, start: int, end: int, *, where: str) -> Token
     """The scores of the echoed tokens that lie in ``[start, end)`` of the echoed text, from a
     legacy completions ``logprobs`` object (``tokens``, ``token_logprobs``, ``text_offset``;
     offsets are summed from the token texts where a server leaves them out)."""
-    tokens = logprobs.get("tokens") if isinstance(logprobs, dict) else None
-    values = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
+    fields = logprobs if isinstance(logprobs, dict) else {}
+    tokens, values = fields.get("tokens"), fields.get("token_logprobs")
     if not (isinstance(tokens, list) and isinstance(values, list) and len(tokens) == len(values)):
         raise BackendError(
             f"{where} returned no log-probabilities of the prompt's tokens (echo with logprobs); "
             "score with an in-process model instead (tessy report --score-model MODEL)",
             retryable=False,
         )
-    offsets = logprobs.get("text_offset") if isinstance(logprobs, dict) else None
+    offsets = fields.get("text_offset")
     if not (isinstance(offsets, list) and len(offsets) == len(tokens)):
         offsets, pos = [], 0
         for tok in tokens:

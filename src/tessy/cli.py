@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .config import load_config, source_overrides
+from .config import add_source_arguments, load_config, source_overrides
 from .errors import TessyError
 from .synth import RunSummary, asynthesize
 
@@ -270,10 +270,7 @@ def _parser() -> argparse.ArgumentParser:
 
     synth = sub.add_parser("synth", help="synthesise responses for a file or dataset of prompts")
     synth.add_argument("--config", required=True, help="YAML run config")
-    source = synth.add_mutually_exclusive_group()
-    source.add_argument("--input", help="prompts: a JSONL or Parquet file or a dataset folder (overrides data.input)")
-    source.add_argument("--dataset", help="prompts from a Hugging Face Hub dataset, e.g. open-r1/codeforces")
-    synth.add_argument("--split", help="the dataset's split (default: train)")
+    add_source_arguments(synth)
     synth.add_argument("--output", help="JSONL output (overrides data.output); resumes if it exists")
     synth.add_argument("--limit", type=int, help="use only the first N prompts")
     synth.add_argument(

@@ -7,6 +7,7 @@ be resumed with other paths or concurrency but not with another model, mode or b
 
 from __future__ import annotations
 
+import argparse
 import copy
 import hashlib
 import json
@@ -401,6 +402,15 @@ def _folder_digest(path: Path) -> str:
         if size <= _SMALL_FILE:
             digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--input`` / ``--dataset`` (one of them) and ``--split``: where a command's prompts come
+    from; :func:`source_overrides` turns them into config overrides."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--input", help="prompts: a JSONL or Parquet file or a dataset folder (overrides data.input)")
+    source.add_argument("--dataset", help="prompts from a Hugging Face Hub dataset, e.g. openai/gsm8k")
+    parser.add_argument("--split", help="the dataset's split (default: train)")
 
 
 def source_overrides(input: str | None = None, dataset: str | None = None, split: str | None = None) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from ..config import RoleConfig, load_config, source_overrides
+from ..config import RoleConfig, add_source_arguments, load_config, source_overrides
 from ..errors import ConfigError
 from ..records import Source
 
@@ -169,12 +169,7 @@ def register(sub: Any, print_table: PrintTable) -> None:
     p = cmds.add_parser("sample", help="sample reasoning traces from the teacher or the student")
     p.add_argument("--config", required=True, help="run config whose teacher/student section gives the model")
     p.add_argument("--role", required=True, choices=["teacher", "student"])
-    source = p.add_mutually_exclusive_group()
-    source.add_argument(
-        "--input", help="prompts: a JSONL or Parquet file or a dataset folder (default: the config's data.input)"
-    )
-    source.add_argument("--dataset", help="prompts from a Hugging Face Hub dataset, e.g. openai/gsm8k")
-    p.add_argument("--split", help="the dataset's split (default: train)")
+    add_source_arguments(p)
     p.add_argument("--output", required=True, help="JSONL traces (resumes if it exists)")
     p.add_argument("--max-tokens", type=int, default=256, help="new tokens per trace (default 256)")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")

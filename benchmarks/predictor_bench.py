@@ -39,7 +39,8 @@ from tessy import Engine, Limits, Role, Sample, get_format, load_config
 from tessy.backends import Backend, GenerateRequest, Generation
 from tessy.boundary import BoundaryPredictor, CutQuery, LexiconPredictor
 from tessy.boundary.classifier import ClassifierPredictor
-from tessy.synth import asynthesize, build_engine, close_engine
+from tessy.build import build_engine
+from tessy.synth import asynthesize
 
 WORDS = (
     "the sum of each term gives a bound on n and we check that x is even so the loop ends after "
@@ -213,7 +214,7 @@ async def config_run(args: argparse.Namespace) -> None:
             await asynthesize(run, engine=engine)
         finally:
             wall = time.perf_counter() - started
-            await close_engine(engine)
+            await engine.aclose()
     report(f"config {args.config}", results, preds, waits, wall)
 
 

@@ -22,9 +22,9 @@ from tessy.backends.llamacpp import LlamaCppBackend
 from tessy.boundary import LexiconPredictor
 from tessy.data import read_prompts
 from tessy.demo import DEMO_SYSTEM_PROMPT
-from tessy.engine import Engine, Limits, Mode, Role
+from tessy.engine import Engine, Limits, Role
 from tessy.formats import get_format
-from tessy.records import Sample
+from tessy.records import Mode, Sample
 
 
 async def run(engine: Engine, samples: list[Sample]) -> dict[str, float]:

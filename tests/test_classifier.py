@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from tessy import Engine, Limits, Role, Sample, get_format
-from tessy.boundary import CutQuery, TokenType, create_predictor
+from tessy.boundary import CutQuery, TokenType
 from tessy.boundary.classifier import ClassifierPredictor, piece_next_types, token_starts
+from tessy.build import build_predictor
 from tessy.config import ClassifierPredictorConfig, load_config
 from tessy.errors import BoundaryError, ConfigError
 from tessy.fakes import ScriptedBackend
@@ -280,14 +281,14 @@ async def test_a_non_causal_backbone_re_encodes_its_window_every_time():
 # -- config ------------------------------------------------------------------------------
 
 
-def test_the_classifier_config_and_create_predictor(checkpoint: Path, tmp_path: Path):
+def test_the_classifier_config_and_build_predictor(checkpoint: Path, tmp_path: Path):
     cfg = ClassifierPredictorConfig(type="classifier", path=checkpoint, device="cpu", threshold=0.7, window=64)
-    pred = create_predictor(cfg)
+    pred = build_predictor(cfg)
     assert isinstance(pred, ClassifierPredictor)
     assert pred.threshold == 0.7 and pred.window == 64
     asyncio.run(pred.aclose())
     with pytest.raises(ConfigError, match="not a folder"):
-        create_predictor(ClassifierPredictorConfig(type="classifier", path=tmp_path / "nowhere"))
+        build_predictor(ClassifierPredictorConfig(type="classifier", path=tmp_path / "nowhere"))
 
 
 def test_a_run_config_takes_a_classifier_predictor_and_hashes_its_content(checkpoint: Path, tmp_path: Path):

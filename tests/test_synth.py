@@ -17,9 +17,9 @@ import pytest
 import tessy
 from tessy import BackendError, ConfigError, DataError, Engine, GenerateRequest, Generation, Sample, load_config
 from tessy.backends import Backend
+from tessy.build import build_engine, build_role
 from tessy.cli import main
 from tessy.data import read_prompts
-from tessy.synth import build_engine, build_role, close_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = ROOT / "examples" / "offline.yaml"
@@ -509,7 +509,7 @@ async def test_failed_samples_go_to_the_sidecar_and_are_skipped_on_rerun(tmp_pat
     try:
         summary = await tessy.asynthesize(config, engine=engine)
     finally:
-        await close_engine(engine)
+        await engine.aclose()
     assert summary.written == 3
     assert summary.n_failed == 2
     assert summary.failed == Counter({"request_failed": 2})
@@ -531,7 +531,7 @@ async def test_failed_samples_go_to_the_sidecar_and_are_skipped_on_rerun(tmp_pat
     try:
         again = await tessy.asynthesize(config, engine=engine2)
     finally:
-        await close_engine(engine2)
+        await engine2.aclose()
     assert again.skipped_failed == 2
     assert again.skipped_done == 3
     assert again.written == again.n_failed == 0
@@ -561,7 +561,7 @@ async def test_retry_failed_that_fails_again_is_recorded_again(tmp_path: Path) -
         try:
             summary = await tessy.asynthesize(config, engine=engine)
         finally:
-            await close_engine(engine)
+            await engine.aclose()
         assert summary.n_failed == 1
         assert [f["id"] for f in records(failed_path(out))] == ["sum-list"] * expected
     assert len(records(out)) == 4
@@ -583,7 +583,7 @@ async def test_engine_argument_is_used_and_left_open(tmp_path: Path) -> None:
     summary = await tessy.asynthesize(config, engine=engine)
     assert summary.written == 5
     assert closed == []
-    await close_engine(engine)
+    await engine.aclose()
     assert sorted(closed) == ["student", "teacher"]
 
 

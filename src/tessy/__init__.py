@@ -16,8 +16,9 @@ from .backends import (
     TokenScores,
 )
 from .boundary import BoundaryPredictor, CutQuery, LexiconPredictor, TokenType
+from .build import build_engine
 from .config import SynthConfig, load_config
-from .engine import Engine, Limits, Mode, RepetitionGuard, Role
+from .engine import Engine, Limits, RepetitionGuard, Role
 from .errors import (
     BackendError,
     BoundaryError,
@@ -28,8 +29,8 @@ from .errors import (
     TessyError,
 )
 from .formats import Format, get_format
-from .records import Sample, SampleResult, SampleStats, Span
-from .synth import RunSummary, asynthesize, build_engine, synthesize
+from .records import Mode, Sample, SampleResult, SampleStats, Span
+from .synth import RunSummary, asynthesize, synthesize
 
 __version__ = "0.1.0"
 

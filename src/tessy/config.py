@@ -27,8 +27,8 @@ from pydantic import (
 )
 
 from .data import PromptSource
-from .engine import Mode
 from .errors import ConfigError
+from .records import Mode
 
 __all__ = [
     "ClassifierPredictorConfig",

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from .backends.llamacpp import LlamaCppBackend
+from .build import build_engine
 from .config import SynthConfig, validate_config
 from .data import iter_records
 from .models import CATALOGUE, resolve
-from .synth import RunSummary, asynthesize, build_engine, close_engine
+from .synth import RunSummary, asynthesize
 from .view import render_view
 
 __all__ = ["DEMO_SYSTEM_PROMPT", "DemoResult", "arun_demo", "demo_config"]
@@ -117,7 +118,7 @@ async def arun_demo(
         servers_s = time.perf_counter() - started
         run = await asynthesize(config, engine=engine, progress=progress)
     finally:
-        await close_engine(engine)
+        await engine.aclose()
     return await asyncio.to_thread(_finish, output_dir, run, servers_s)
 
 

@@ -42,57 +42,13 @@ from .backends.base import Backend, GenerateRequest, Generation, Prompt, Samplin
 from .boundary.base import BoundaryPredictor, CutQuery
 from .errors import BackendError, BoundaryError, TessyError
 from .formats import Format
-from .records import Phase, Sample, SampleResult, SampleStats, Source, Span
+from .records import Mode, Phase, Sample, SampleResult, SampleStats, Source, Span
 from .text import TextBuffer, TextView, TokenView
 from .tokenizers import Tokenizer
 
-__all__ = ["Engine", "Limits", "Mode", "RepetitionGuard", "Role"]
+__all__ = ["Engine", "Limits", "RepetitionGuard", "Role"]
 
 logger = logging.getLogger(__name__)
-
-
-class Mode(str, enum.Enum):
-    """Who writes the thinking and who writes the answer."""
-
-    TESSY = "tessy"
-    TEACHER_ONLY = "teacher-only"
-    STUDENT_ONLY = "student-only"
-    TEACHER_THINK = "teacher-think"
-    TEACHER_ANSWER = "teacher-answer"
-    TESSY_TEACHER_ANSWER = "tessy-teacher-answer"
-
-    @property
-    def thinker(self) -> Source | None:
-        """The role that writes all the thinking, or ``None`` when the two cooperate."""
-        return _THINKER[self]
-
-    @property
-    def answerer(self) -> Source:
-        return _ANSWERER[self]
-
-    @property
-    def roles(self) -> tuple[Source, ...]:
-        """The roles this mode uses."""
-        used = {self.answerer} | ({self.thinker} if self.thinker else {"teacher", "student"})
-        return tuple(r for r in ("teacher", "student") if r in used)
-
-
-_THINKER: dict[Mode, Source | None] = {
-    Mode.TESSY: None,
-    Mode.TEACHER_ONLY: "teacher",
-    Mode.STUDENT_ONLY: "student",
-    Mode.TEACHER_THINK: "teacher",
-    Mode.TEACHER_ANSWER: "student",
-    Mode.TESSY_TEACHER_ANSWER: None,
-}
-_ANSWERER: dict[Mode, Source] = {
-    Mode.TESSY: "student",
-    Mode.TEACHER_ONLY: "teacher",
-    Mode.STUDENT_ONLY: "student",
-    Mode.TEACHER_THINK: "student",
-    Mode.TEACHER_ANSWER: "teacher",
-    Mode.TESSY_TEACHER_ANSWER: "teacher",
-}
 
 
 @dataclass
@@ -116,6 +72,11 @@ class Role:
     def token_exact(self) -> bool:
         """Whether this role's prompts are kept as token ids (see the module's docstring)."""
         return self.tokenizer is not None and self.backend.accepts_token_ids
+
+    async def aclose(self) -> None:
+        """Close the role's backend and predictor."""
+        await self.backend.aclose()
+        await self.predictor.aclose()
 
 
 @dataclass(frozen=True)
@@ -189,6 +150,21 @@ class Engine:
                 if not backend.supports_streaming:
                     raise ValueError(f"streaming is on but the {name}'s backend {type(backend).__name__} cannot stream")
         self._slots: dict[int, asyncio.Semaphore] = {}
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every backend and predictor the roles hold (each once: roles may share them)."""
+        closed: set[int] = set()
+        for role in self.roles.values():
+            for thing in (role.backend, role.predictor):
+                if id(thing) not in closed:
+                    closed.add(id(thing))
+                    await thing.aclose()
 
     def slot(self, backend: Backend) -> asyncio.Semaphore:
         """The semaphore that bounds in-flight requests on ``backend``."""

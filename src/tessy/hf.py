@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .backends.base import TokenScores
 from .errors import ConfigError, MissingDependencyError
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "load_hf_tokenizer",
     "locate",
     "model_folder",
+    "score_tokens",
     "torch_dtype",
 ]
 
@@ -250,3 +252,33 @@ def _save_atomically(folder: Path, save: Any) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def score_tokens(tokenizer: Any, model: Any, prompt: str, continuation: str, *, max_tokens: int) -> TokenScores:
+    """Log-probabilities of ``continuation``'s tokens after ``prompt`` (both tokenised apart, so
+    the continuation's tokens are exactly its own), within ``max_tokens`` of context."""
+    import torch
+
+    prompt_ids: list[int] = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    cont_ids: list[int] = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    truncated = False
+    if len(cont_ids) > max_tokens - 1:
+        cont_ids, truncated = cont_ids[: max_tokens - 1], True
+    room = max_tokens - len(cont_ids)
+    if len(prompt_ids) > room:
+        prompt_ids, truncated = prompt_ids[-room:], True
+    if not cont_ids:
+        return TokenScores([], [], truncated)
+    ids = prompt_ids + cont_ids
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(torch.tensor([ids], device=device)).logits[0]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    start = len(prompt_ids)
+    # The token at position i is predicted by the logits at position i - 1; a continuation with
+    # no prompt before it has no prediction for its first token, which is then left out.
+    positions = range(max(start, 1), len(ids))
+    targets = torch.tensor([ids[i] for i in positions], device=device)
+    picked = logprobs[torch.tensor([i - 1 for i in positions], device=device), targets].tolist()
+    pieces = tokenizer.convert_ids_to_tokens([ids[i] for i in positions])
+    return TokenScores(list(pieces), [float(x) for x in picked], truncated or start == 0)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
     "Message",
+    "Mode",
     "Phase",
     "Sample",
     "SampleResult",
@@ -18,6 +20,50 @@ __all__ = [
 Source = Literal["teacher", "student"]
 Phase = Literal["think", "answer"]
 Message = dict[str, str]
+
+
+class Mode(str, enum.Enum):
+    """Who writes the thinking and who writes the answer."""
+
+    TESSY = "tessy"
+    TEACHER_ONLY = "teacher-only"
+    STUDENT_ONLY = "student-only"
+    TEACHER_THINK = "teacher-think"
+    TEACHER_ANSWER = "teacher-answer"
+    TESSY_TEACHER_ANSWER = "tessy-teacher-answer"
+
+    @property
+    def thinker(self) -> Source | None:
+        """The role that writes all the thinking, or ``None`` when the two cooperate."""
+        return _THINKER[self]
+
+    @property
+    def answerer(self) -> Source:
+        return _ANSWERER[self]
+
+    @property
+    def roles(self) -> tuple[Source, ...]:
+        """The roles this mode uses."""
+        used = {self.answerer} | ({self.thinker} if self.thinker else {"teacher", "student"})
+        return tuple(r for r in ("teacher", "student") if r in used)
+
+
+_THINKER: dict[Mode, Source | None] = {
+    Mode.TESSY: None,
+    Mode.TEACHER_ONLY: "teacher",
+    Mode.STUDENT_ONLY: "student",
+    Mode.TEACHER_THINK: "teacher",
+    Mode.TEACHER_ANSWER: "student",
+    Mode.TESSY_TEACHER_ANSWER: None,
+}
+_ANSWERER: dict[Mode, Source] = {
+    Mode.TESSY: "student",
+    Mode.TEACHER_ONLY: "teacher",
+    Mode.STUDENT_ONLY: "student",
+    Mode.TEACHER_THINK: "student",
+    Mode.TEACHER_ANSWER: "teacher",
+    Mode.TESSY_TEACHER_ANSWER: "teacher",
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ student already finds likely moves it less when it is fine-tuned on it. A backen
 score (``supports_scoring``) serves the same purpose; this class is for when the student is
 only at hand as a model file (a catalogued name, a GGUF file or a Hugging Face folder).
 
-:func:`score_tokens` holds the computation; the in-process ``hf`` backend scores with it too.
+:func:`tessy.hf.score_tokens` holds the computation; the in-process ``hf`` backend scores with it too.
 """
 
 from __future__ import annotations
@@ -16,41 +16,11 @@ import logging
 from typing import Any
 
 from .backends.base import ScoreRequest, TokenScores
-from .hf import load_hf_model, load_hf_tokenizer
+from .hf import load_hf_model, load_hf_tokenizer, score_tokens
 
-__all__ = ["TransformersScorer", "score_tokens"]
+__all__ = ["TransformersScorer"]
 
 logger = logging.getLogger(__name__)
-
-
-def score_tokens(tokenizer: Any, model: Any, prompt: str, continuation: str, *, max_tokens: int) -> TokenScores:
-    """Log-probabilities of ``continuation``'s tokens after ``prompt`` (both tokenised apart, so
-    the continuation's tokens are exactly its own), within ``max_tokens`` of context."""
-    import torch
-
-    prompt_ids: list[int] = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    cont_ids: list[int] = tokenizer(continuation, add_special_tokens=False)["input_ids"]
-    truncated = False
-    if len(cont_ids) > max_tokens - 1:
-        cont_ids, truncated = cont_ids[: max_tokens - 1], True
-    room = max_tokens - len(cont_ids)
-    if len(prompt_ids) > room:
-        prompt_ids, truncated = prompt_ids[-room:], True
-    if not cont_ids:
-        return TokenScores([], [], truncated)
-    ids = prompt_ids + cont_ids
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        logits = model(torch.tensor([ids], device=device)).logits[0]
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    start = len(prompt_ids)
-    # The token at position i is predicted by the logits at position i - 1; a continuation with
-    # no prompt before it has no prediction for its first token, which is then left out.
-    positions = range(max(start, 1), len(ids))
-    targets = torch.tensor([ids[i] for i in positions], device=device)
-    picked = logprobs[torch.tensor([i - 1 for i in positions], device=device), targets].tolist()
-    pieces = tokenizer.convert_ids_to_tokens([ids[i] for i in positions])
-    return TokenScores(list(pieces), [float(x) for x in picked], truncated or start == 0)
 
 
 class TransformersScorer:

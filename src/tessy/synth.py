@@ -11,17 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends import SamplingParams, create_backend
-from .boundary import create_predictor
-from .config import RoleConfig, SynthConfig
+from .build import build_engine
+from .config import SynthConfig
 from .data import BadLine, OutputStore, PromptSource, read_prompts
-from .engine import Engine, Limits, RepetitionGuard, Role
+from .engine import Engine
 from .errors import ConfigError, DataError
-from .formats import get_format
-from .records import Sample, SampleResult, Source
-from .tokenizers import Tokenizer, load_tokenizer
+from .records import Sample, SampleResult
 
-__all__ = ["RunSummary", "asynthesize", "build_engine", "build_role", "count_prompts", "synthesize"]
+__all__ = ["RunSummary", "asynthesize", "count_prompts", "synthesize"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,61 +103,6 @@ class RunSummary:
         }
 
 
-def build_role(name: Source, config: RoleConfig) -> Role:
-    """A ready :class:`Role` from its config (backend, tokenizer, format and predictor)."""
-    backend = create_backend(config)
-    # The role's tokenizer: the one configured, else the one its backend runs (hf).
-    tokenizer: Tokenizer | None = getattr(backend, "tokenizer", None) if config.backend == "hf" else None
-    if config.tokenizer is not None and tokenizer is None:
-        tokenizer = load_tokenizer(config.tokenizer)
-    return Role(
-        name=name,
-        backend=backend,
-        format=get_format(
-            config.format, system_prompt=config.system_prompt, tokenizer=tokenizer, options=config.format_options
-        ),
-        predictor=create_predictor(config.predictor),
-        chunk_tokens=config.chunk_tokens,
-        sampling=_sampling(config),
-        tokenizer=tokenizer,
-    )
-
-
-def _sampling(config: RoleConfig) -> SamplingParams:
-    s = config.sampling
-    return SamplingParams(
-        temperature=s.temperature,
-        top_p=s.top_p,
-        top_k=s.top_k,
-        min_p=s.min_p,
-        repetition_penalty=s.repetition_penalty,
-        seed=s.seed,
-    )
-
-
-def build_engine(config: SynthConfig) -> Engine:
-    g = config.guards
-    limits = Limits(
-        max_total_tokens=g.max_total_tokens,
-        max_thinking_tokens=g.max_thinking_tokens,
-        max_request_failures=g.max_request_failures,
-        word_completion_tokens=g.word_completion_tokens,
-        repetition=RepetitionGuard(g.repetition_min_tokens, g.repetition_max_period, g.repetition_min_repeats)
-        if g.repetition
-        else None,
-    )
-    try:
-        return Engine(
-            build_role("teacher", config.teacher),
-            build_role("student", config.student),
-            mode=config.mode,
-            limits=limits,
-            streaming=config.streaming,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-
-
 def count_prompts(source: PromptSource | Path, limit: int | None = None) -> int | None:
     """How many prompts a source has (for progress totals), capped at ``limit``; None for a stream."""
     return PromptSource.of(source).count(limit)
@@ -238,20 +180,10 @@ async def asynthesize(
     finally:
         store.close()
         if owned:
-            await close_engine(engine)
+            await engine.aclose()
         summary.wall_s = time.perf_counter() - started
     logger.info("run finished: %s", summary.to_dict())
     return summary
-
-
-async def close_engine(engine: Engine) -> None:
-    """Close every backend and predictor the engine's roles hold (each once)."""
-    closed: set[int] = set()
-    for role in engine.roles.values():
-        for thing in (role.backend, role.predictor):
-            if id(thing) not in closed:
-                closed.add(id(thing))
-                await thing.aclose()
 
 
 def synthesize(config: SynthConfig, **kwargs: Any) -> RunSummary:

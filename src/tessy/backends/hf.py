@@ -207,7 +207,7 @@ class HFBackend(Backend):
         pass of the whole text, taking its turn on the device with generation)."""
         if self._closed:
             raise BackendError("the hf backend is closed", retryable=False)
-        from ..scoring import score_tokens
+        from ..hf import score_tokens
 
         limit = self.max_positions or 4096
 

@@ -307,14 +307,14 @@ class _Http(_Target):
         )
 
     def backend(self, model: str, max_concurrency: int) -> Backend:
-        from ..backends import create_backend
+        from ..build import build_backend
 
         config = self._config(streaming=False, concurrency=max_concurrency, config=self.config)
         role = config.teacher if model == TEACHER_MODEL else config.student
-        return create_backend(role)
+        return build_backend(role)
 
     def engine(self, *, streaming: bool, concurrency: int, config: BenchConfig) -> Engine:
-        from ..synth import build_engine
+        from ..build import build_engine
 
         return build_engine(self._config(streaming=streaming, concurrency=concurrency, config=config))
 

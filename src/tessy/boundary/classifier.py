@@ -43,16 +43,13 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import BoundaryError
 from ..text import TextView
 from .base import CutQuery, NextTokenTypePredictor, TokenType, first_switch
 from .batcher import MicroBatcher
 from .token_model import HFTokenModel, Past, TokenModel
-
-if TYPE_CHECKING:
-    from ..config import ClassifierPredictorConfig
 
 __all__ = ["ClassifierPredictor", "ClassifierStats", "piece_next_types", "token_starts"]
 
@@ -207,21 +204,6 @@ class ClassifierPredictor(NextTokenTypePredictor):
     def load(cls, path: Path, *, device: str = "auto", dtype: str = "auto", **kwargs: Any) -> ClassifierPredictor:
         """A predictor from a checkpoint folder (as ``tessy predictor train`` writes)."""
         return cls(HFTokenModel.load(path, device=device, dtype=dtype), **kwargs)
-
-    @classmethod
-    def from_config(cls, config: ClassifierPredictorConfig) -> ClassifierPredictor:
-        return cls.load(
-            config.path,
-            device=config.device,
-            dtype=config.dtype,
-            window=config.window,
-            reuse=config.reuse,
-            reuse_margin=config.reuse_margin,
-            threshold=config.threshold,
-            max_batch=config.max_batch,
-            max_wait_ms=config.max_wait_ms,
-            max_states=config.max_states,
-        )
 
     @property
     def batch_stats(self) -> dict[str, object]:

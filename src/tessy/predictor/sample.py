@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import GenerateRequest, Prompt
-from ..config import LexiconPredictorConfig, RoleConfig
+from ..config import RoleConfig
 from ..data import BadLine, PromptSource, read_prompts
 from ..engine import Role
 from ..errors import BackendError, ConfigError, DataError
@@ -62,18 +61,10 @@ class SampleSummary:
 
 
 def build_sampling_role(name: Source, config: RoleConfig) -> Role:
-    """The role as synthesis builds it, with the default predictor: sampling needs no predictor,
-    and the role's own (a classifier, say) may not be trained yet.
+    """The role as synthesis builds it, set up to run alone (see :func:`tessy.build.sampling_role_config`)."""
+    from ..build import build_role, sampling_role_config  # the engine stack; keep this module light
 
-    One model runs here, not two: a local llama.cpp server left at its default thread count
-    (half the cores, made for a run with two servers) gets all the cores instead.
-    """
-    from ..synth import build_role  # synth imports the engine stack; keep this module light
-
-    update: dict[str, object] = {"predictor": LexiconPredictorConfig()}
-    if config.backend == "llamacpp" and config.n_threads is None:
-        update["n_threads"] = os.cpu_count() or 1
-    return build_role(name, config.model_copy(update=update))
+    return build_role(name, sampling_role_config(config))
 
 
 async def asample_traces(

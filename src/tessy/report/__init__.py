@@ -196,15 +196,15 @@ def write_report(
     scorer_name = ""
     tokenizer_ref = tokenizer
     if student_config is not None:
-        from ..backends import create_backend
+        from ..build import build_backend, build_format, build_tokenizer
         from ..config import load_config
 
-        config = load_config(student_config)
-        role = config.student
-        student_format = get_format(role.format, system_prompt=role.system_prompt)
-        tokenizer_ref = tokenizer_ref or getattr(role, "tokenizer", None)
-        if score_model is None:
-            backend = create_backend(role)
+        role = load_config(student_config).student
+        backend = build_backend(role) if score_model is None else None
+        # The student's format as synthesis builds it: its options and its tokenizer's chat template.
+        student_format = build_format(role, build_tokenizer(role, backend))
+        tokenizer_ref = tokenizer_ref or role.tokenizer or (role.model if role.backend == "hf" else None)
+        if backend is not None:
             if backend.supports_scoring:
                 scorer, scorer_name = backend, f"the student of {student_config.name} ({role.backend} backend)"
             else:

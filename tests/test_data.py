@@ -11,6 +11,7 @@ import pytest
 
 from tessy import DataError, Sample, SampleResult, SampleStats, Span
 from tessy.data import BadLine, OutputStore, prompt_id, read_prompts, result_record, sidecar_paths
+from tessy.records import Failure
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -68,7 +69,7 @@ def ok_result(sample_id: str, **fields: Any) -> SampleResult:
 
 def failed_result(sample_id: str, reason: str = "request_failed: HTTP 400") -> SampleResult:
     sample = Sample(id=sample_id, messages=[{"role": "user", "content": f"question {sample_id}"}])
-    return SampleResult(sample, [], SampleStats(requests=1, failed_requests=1), None, failure=reason)
+    return SampleResult(sample, [], SampleStats(requests=1, failed_requests=1), None, failure=Failure.parse(reason))
 
 
 def open_store(output: Path, config_hash: str = "h1", **kwargs: Any) -> OutputStore:

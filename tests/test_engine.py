@@ -11,6 +11,7 @@ from tessy import BackendError, Engine, Limits, Mode, RepetitionGuard, Role, Sam
 from tessy.backends import GenerateRequest, Generation
 from tessy.boundary import CutQuery
 from tessy.fakes import ScriptedBackend, ScriptedPredictor
+from tessy.records import Failure
 
 PROMPT = Sample.from_prompt("s1", "What is 17 + 25?")
 QWEN_HEADER = "<|im_start|>user\nWhat is 17 + 25?<|im_end|>\n<|im_start|>assistant\n<think>\n"
@@ -77,7 +78,7 @@ class TestCuts:
     def test_a_predictor_cannot_cut_before_the_first_token(self):
         student = scripted(toks("Okay|,| so"))
         result = run(make_engine(student, scripted(), student_predictor=ScriptedPredictor([-1])))
-        assert not result.ok and "BoundaryError" in result.failure
+        assert not result.ok and result.failure is not None and result.failure.kind == "BoundaryError"
 
     def test_cut_completes_the_word(self):
         # design.md: had step 4 been cut after " double", the span ends at "double-check:".
@@ -283,13 +284,13 @@ class TestGuards:
         errors = [BackendError("HTTP 503") for _ in range(3)]
         result = run(make_engine(scripted(*errors), scripted(), limits=Limits(max_request_failures=2)))
         assert not result.ok
-        assert result.failure.startswith("request_failures") and "HTTP 503" in result.failure
+        assert result.failure.startswith("request_failures") and "HTTP 503" in str(result.failure)
         assert result.stats.failed_requests == 3
 
     def test_a_non_retryable_error_fails_at_once(self):
         student = scripted(BackendError("HTTP 400: prompt too long", retryable=False))
         result = run(make_engine(student, scripted()))
-        assert not result.ok and result.failure == "request_failed: HTTP 400: prompt too long"
+        assert not result.ok and result.failure == Failure("request_failed", "HTTP 400: prompt too long")
         assert result.stats.requests == 1
 
 

@@ -346,7 +346,7 @@ def failure_record(result: SampleResult, config_hash: str, mode: str) -> dict[st
     sample = result.sample
     return {
         "id": sample.id,
-        "failure": result.failure,
+        "failure": str(result.failure),
         "messages": sample.messages,
         "fields": sample.fields,
         "mode": mode,

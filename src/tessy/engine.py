@@ -42,7 +42,7 @@ from .backends.base import Backend, GenerateRequest, Generation, Prompt, Samplin
 from .boundary.base import BoundaryPredictor, CutQuery
 from .errors import BackendError, BoundaryError, TessyError
 from .formats import Format
-from .records import Mode, Phase, Sample, SampleResult, SampleStats, Source, Span
+from .records import Failure, Mode, Phase, Sample, SampleResult, SampleStats, Source, Span
 from .text import TextBuffer, TextView, TokenView
 from .tokenizers import Tokenizer
 
@@ -236,9 +236,9 @@ async def _aiter(samples: Iterable[Sample] | AsyncIterable[Sample]) -> AsyncIter
 
 
 class _Failed(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.failure = Failure(kind, detail)
 
 
 class _Step(enum.Enum):
@@ -417,7 +417,7 @@ class _SampleRun:
 
     async def run(self) -> SampleResult:
         started = time.perf_counter()
-        failure: str | None = None
+        failure: Failure | None = None
         response: str | None = None
         try:
             mode = self.engine.mode
@@ -432,9 +432,9 @@ class _SampleRun:
             student_format = self.engine.roles["student"].format
             response = student_format.render_response(thinking, answer)
         except _Failed as exc:
-            failure = exc.reason
+            failure = exc.failure
         except TessyError as exc:
-            failure = f"{type(exc).__name__}: {exc}"
+            failure = Failure(type(exc).__name__, str(exc))
         self.stats.wall_s = time.perf_counter() - started
         if failure:
             logger.info("sample %s failed: %s", self.sample.id, failure)
@@ -647,14 +647,14 @@ class _SampleRun:
             if self.unchecked >= guard.check_every:
                 self.unchecked = 0
                 if guard.is_degenerate(tuple(self.recent)):
-                    raise _Failed(f"repetition: degenerate repetition in the {role.name}'s text")
+                    raise _Failed("repetition", f"degenerate repetition in the {role.name}'s text")
 
     # -- answer ------------------------------------------------------------------------
 
     async def _answer(self, role: Role) -> str:
         left = self.limits.max_total_tokens - self.stats.total_tokens
         if left <= 0:
-            raise _Failed("token_budget: no tokens left for the answer")
+            raise _Failed("token_budget", "no tokens left for the answer")
         thinking = self.thinking.text()
         strip = len(thinking) - len(thinking.rstrip())
         prompt = self._context(role).answer_prompt(strip, role.format.answer_suffix())
@@ -662,7 +662,7 @@ class _SampleRun:
         self._keep(role, _Chunk(gen.pieces), phase="answer")
         if gen.finish_reason == "length":
             raise _Failed(
-                f"token_budget: the answer did not end within max_total_tokens={self.limits.max_total_tokens}"
+                "token_budget", f"the answer did not end within max_total_tokens={self.limits.max_total_tokens}"
             )
         return gen.text
 
@@ -701,9 +701,9 @@ class _SampleRun:
     def _request_failed(self, exc: BackendError) -> None:
         self.stats.failed_requests += 1
         if not exc.retryable:
-            raise _Failed(f"request_failed: {exc}")
+            raise _Failed("request_failed", str(exc))
         if self.stats.failed_requests > self.limits.max_request_failures:
-            raise _Failed(f"request_failures: {self.stats.failed_requests} failed requests, the last: {exc}")
+            raise _Failed("request_failures", f"{self.stats.failed_requests} failed requests, the last: {exc}")
         logger.debug("sample %s: request failed (%s), trying again", self.sample.id, exc)
 
 

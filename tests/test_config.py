@@ -423,3 +423,29 @@ def test_dump_round_trips_to_the_same_hash(config_file: Path) -> None:
     config = load_config(config_file, ["teacher.chunk_tokens=9", "mode=teacher-answer"])
     dumped = json.loads(json.dumps(config.dump()))
     assert load_config(data=dumped).config_hash() == config.config_hash()
+
+
+def test_a_config_loads_from_a_path_given_as_text_and_resolves_paths_beside_it(config_file: Path) -> None:
+    config = load_config(str(config_file))
+    assert config == load_config(config_file)
+    assert config.data.output == config_file.parent / "out.jsonl"
+
+
+def test_a_config_loads_from_a_dict_with_paths_relative_to_a_given_folder(tmp_path: Path) -> None:
+    config = load_config(copy.deepcopy(BASE), base_dir=tmp_path)
+    assert config.data.input == tmp_path / "prompts.jsonl"
+    assert load_config(copy.deepcopy(BASE)).data.input == Path("prompts.jsonl")
+
+
+def test_overrides_may_be_a_mapping_of_dotted_keys_whose_values_are_taken_as_they_are(config_file: Path) -> None:
+    config = load_config(config_file, {"teacher.chunk_tokens": 7, "student.system_prompt": "yes"})
+    assert config.teacher.chunk_tokens == 7
+    assert config.student.system_prompt == "yes"  # a string, not YAML's true
+    assert load_config(config, ["mode=teacher-only"]).mode is Mode.TEACHER_ONLY  # a config, overridden
+
+
+def test_a_config_file_that_is_not_utf8_is_a_readable_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("mode: tessy\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path)

@@ -1,54 +1,48 @@
-"""Run configuration: validated, frozen pydantic models loaded from YAML plus ``key=value`` overrides.
+"""The run config's schema: validated, frozen pydantic models, every field documented.
 
 Paths written in a config file are relative to that file. Fields that do not change the data
-(where files live, how many requests run at once) are left out of the config hash, so a run can
-be resumed with other paths or concurrency but not with another model, mode or budget.
+(where files live, how many requests run at once) are marked ``NOT_HASHED`` and left out of the
+config hash, so a run can be resumed with other paths or concurrency but not with another model,
+mode or budget.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import enum
-import hashlib
-import json
-import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     model_validator,
 )
 
-from .data import PromptSource
-from .errors import ConfigError
-from .records import Mode
+from ..data import PromptSource
+from ..errors import ConfigError
+from ..records import Mode
+from .hashing import config_hash
 
 __all__ = [
+    "NOT_HASHED",
     "ClassifierPredictorConfig",
+    "ConfigPath",
     "DataConfig",
-    "FieldDoc",
     "GuardsConfig",
     "HFRole",
     "LexiconPredictorConfig",
     "LlamaCppRole",
+    "ModelRef",
     "OpenAIRole",
     "PredictorConfig",
+    "RoleBase",
     "RoleConfig",
     "SamplingConfig",
     "ScriptedRole",
     "SynthConfig",
-    "apply_overrides",
-    "describe_config",
-    "load_config",
 ]
 
 #: Marks a field that does not change the synthesised data; it is left out of the config hash.
@@ -69,7 +63,7 @@ ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 def _resolve_model_ref(value: str | None, info: ValidationInfo) -> str | None:
     """A model or tokenizer reference: a catalogued name stays as it is; a relative path that
     exists beside the config file is made absolute."""
-    from .models import CATALOGUE
+    from ..models import CATALOGUE
 
     base = (info.context or {}).get("base_dir")
     if value is None or value in CATALOGUE or base is None or Path(value).expanduser().is_absolute():
@@ -177,7 +171,7 @@ class RoleBase(_Model):
 
     @model_validator(mode="after")
     def _known_format(self) -> RoleBase:
-        from .formats import check_format_options
+        from ..formats import check_format_options
 
         try:
             check_format_options(self.format, self.format_options)
@@ -359,259 +353,7 @@ class SynthConfig(_Model):
 
     def config_hash(self) -> str:
         """A short hash of everything that changes the data."""
-        payload = json.dumps(_hashed(self), sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return config_hash(self)
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
-
-
-def _hashed(model: BaseModel) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, info in type(model).model_fields.items():
-        extra = info.json_schema_extra
-        if isinstance(extra, dict) and extra.get("hashed") is False:
-            continue
-        value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            out[name] = _hashed(value)
-        elif isinstance(value, Path):
-            # A file's content changes the data, its location does not.
-            out[name] = _file_digest(value)
-        else:
-            out[name] = value.value if isinstance(value, Mode) else value
-    return out
-
-
-def _file_digest(path: Path) -> str:
-    try:
-        if path.is_dir():
-            return "sha256:" + _folder_digest(path)
-        return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return str(path)
-
-
-#: Files of a folder up to this size are hashed by content, larger ones (weights) by name and size.
-_SMALL_FILE = 1 << 20
-
-
-def _folder_digest(path: Path) -> str:
-    """A digest of a folder (a predictor checkpoint): names, sizes, and the content of small files
-    (configs, the training card), so that a moved checkpoint hashes the same and a retrained one not."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(path).as_posix()}\0{size}\0".encode())
-        if size <= _SMALL_FILE:
-            digest.update(file.read_bytes())
-    return digest.hexdigest()
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set ``a.b.c=value`` overrides (values parsed as YAML) in a nested dict, in place."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. teacher.chunk_tokens=32)")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") from exc
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return data
-
-
-def load_config(
-    path: Path | None = None, overrides: list[str] | None = None, *, data: dict[str, Any] | None = None
-) -> SynthConfig:
-    """Load and validate a config from a YAML file (or a dict), then apply overrides."""
-    base_dir: Path | None = None
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read the config file {path}: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of settings, not {type(loaded).__name__}")
-        data = loaded
-        base_dir = path.resolve().parent
-    data = apply_overrides(copy.deepcopy(data or {}), overrides or [])
-    return validate_config(data, base_dir=base_dir, source=str(path) if path else "the config")
-
-
-def validate_config(data: dict[str, Any], *, base_dir: Path | None = None, source: str = "the config") -> SynthConfig:
-    try:
-        return SynthConfig.model_validate(data, context={"base_dir": base_dir})
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc, msg = _readable(err)
-            where = ".".join(str(p) for p in loc) or "(top level)"
-            lines.append(f"  {where}: {msg}")
-        raise ConfigError(f"{source} is not valid:\n" + "\n".join(lines)) from None
-
-
-def _union_tags() -> frozenset[str]:
-    """The discriminator values of the config's tagged unions (backends, predictor types)."""
-    tags: set[str] = set()
-    for union in (RoleConfig, PredictorConfig):
-        inner = get_args(union)[0]
-        for member in get_args(inner) or (inner,):
-            for name in ("backend", "type"):
-                field = getattr(member, "model_fields", {}).get(name)
-                if field is not None:
-                    tags.update(str(v) for v in get_args(field.annotation))
-    return frozenset(tags)
-
-
-def _readable(err: Any) -> tuple[tuple[Any, ...], str]:
-    """An error's location and message as a user writes the config: the union tag that pydantic
-    puts in the location of a role's (or predictor's) fields is left out, and a bad tag is named."""
-    loc = tuple(err["loc"])
-    tags = _union_tags()
-    parents = ("teacher", "student", "predictor")
-    cleaned = tuple(p for i, p in enumerate(loc) if not (i and loc[i - 1] in parents and p in tags))
-    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
-        ctx = err.get("ctx") or {}
-        key = str(ctx.get("discriminator", "backend")).strip("'")
-        given = ctx.get("tag")
-        what = f"unknown {key} {given!r}" if given else f"say which {key} this is"
-        return (*cleaned, key), f"{what}; choose one of: {ctx.get('expected_tags', '')}"
-    return cleaned, str(err["msg"])
-
-
-@dataclasses.dataclass(frozen=True)
-class FieldDoc:
-    """One setting as ``tessy config schema`` prints it."""
-
-    key: str  # dotted, e.g. ``teacher.sampling.top_p``
-    type: str
-    default: str  # ``(required)`` where there is none
-    description: str
-    only_for: str = ""  # e.g. ``backend: openai`` for a field of one backend only
-    hashed: bool = True  # whether it changes the data (and so the config hash)
-
-
-def describe_config() -> list[FieldDoc]:
-    """Every setting of a run config with its type, default and description, in file order.
-
-    Roles list the fields every backend has, then each backend's own; predictors likewise. The
-    teacher's and the student's sections take the same settings, shown once as ``ROLE.``."""
-    rows = _describe(SynthConfig, "")
-    out: list[FieldDoc] = []
-    for row in rows:
-        if row.key.startswith("student."):
-            continue
-        if row.key.startswith("teacher."):
-            row = dataclasses.replace(row, key="ROLE." + row.key.removeprefix("teacher."))
-        out.append(row)
-    return out
-
-
-def _type_name(annotation: Any) -> str:
-    if annotation is None or annotation is type(None):
-        return "null"
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return " | ".join(str(m.value) for m in annotation)
-    origin = get_origin(annotation)
-    if origin is Literal:
-        return " | ".join(str(a) for a in get_args(annotation))
-    if origin is Annotated:
-        return _type_name(get_args(annotation)[0])
-    if origin in (types.UnionType, Union):
-        return " | ".join(_type_name(a) for a in get_args(annotation))
-    if origin is not None:
-        args = [_type_name(a) for a in get_args(annotation) if a is not Ellipsis]
-        name = "list" if origin is tuple else getattr(origin, "__name__", str(origin))
-        return f"{name}[{', '.join(args)}]" if args else name
-    if isinstance(annotation, type):
-        return {"Path": "path"}.get(annotation.__name__, annotation.__name__)
-    return str(annotation).replace("typing.", "")
-
-
-def _default_text(info: Any) -> str:
-    from pydantic_core import PydanticUndefined
-
-    if info.default_factory is not None:
-        value = info.default_factory()
-        return "{}" if isinstance(value, (dict, BaseModel)) else json.dumps(value, default=str)
-    if info.default is PydanticUndefined:
-        return "(required)"
-    value = info.default
-    if isinstance(value, enum.Enum):
-        value = value.value
-    return json.dumps(value, default=str)
-
-
-def _union_members(annotation: Any) -> tuple[type[BaseModel], ...] | None:
-    """The models of a tagged union (a role or a predictor), or None for any other type."""
-    if get_origin(annotation) is Annotated:
-        annotation = get_args(annotation)[0]
-    members = get_args(annotation) if get_origin(annotation) in (types.UnionType, Union) else ()
-    models = tuple(m for m in members if isinstance(m, type) and issubclass(m, BaseModel))
-    return models if len(models) > 1 and len(models) == len(members) else None
-
-
-def _describe(
-    model: type[BaseModel],
-    prefix: str,
-    only_for: str = "",
-    skip: frozenset[str] = frozenset(),
-    hashed_above: bool = True,
-) -> list[FieldDoc]:
-    out: list[FieldDoc] = []
-    for name, info in model.model_fields.items():
-        if name in skip:
-            continue
-        key = f"{prefix}{name}"
-        annotation = info.annotation
-        extra = info.json_schema_extra
-        hashed = hashed_above and not (isinstance(extra, dict) and extra.get("hashed") is False)
-        members = _union_members(annotation)
-        if members is not None:
-            out += _describe_union(members, key, only_for)
-            continue
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            out.append(
-                FieldDoc(
-                    key, "section", "", info.description or (annotation.__doc__ or "").split("\n")[0], only_for, hashed
-                )
-            )
-            out += _describe(annotation, f"{key}.", only_for, hashed_above=hashed)
-            continue
-        out.append(FieldDoc(key, _type_name(annotation), _default_text(info), info.description or "", only_for, hashed))
-    return out
-
-
-def _describe_union(members: tuple[type[BaseModel], ...], key: str, only_for: str) -> list[FieldDoc]:
-    tag = "backend" if "backend" in members[0].model_fields else "type"
-    common = set.intersection(*(set(m.model_fields) for m in members)) - {tag}
-    tags = [str(get_args(m.model_fields[tag].annotation)[0]) for m in members]
-    out = [
-        FieldDoc(
-            f"{key}.{tag}",
-            " | ".join(tags),
-            "(required)" if tag == "backend" else '"lexicon"',
-            f"Which {tag} this is.",
-            only_for,
-        )
-    ]
-    first = members[0]
-    out += _describe(first, f"{key}.", only_for, skip=frozenset(set(first.model_fields) - common))
-    for model, value in zip(members, tags, strict=True):
-        out += _describe(model, f"{key}.", f"{tag}: {value}", skip=frozenset(common | {tag}))
-    return out

@@ -10,7 +10,7 @@ flight when the consumer stops early or fails.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
 __all__ = ["map_unordered"]
@@ -25,7 +25,7 @@ async def map_unordered(
     *,
     concurrency: int,
     name: Callable[[T], str] | None = None,
-) -> AsyncIterator[R]:
+) -> AsyncGenerator[R, None]:
     """``fn(item)`` for each item, at most ``concurrency`` at once, yielding results in the
     order they finish. ``name`` names each call's task (for debugging).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import aclosing
 
 import pytest
@@ -187,3 +188,14 @@ def test_concurrency_must_be_positive():
 
     with pytest.raises(ValueError):
         asyncio.run(anext(map_unordered(work, [1], concurrency=0)))
+
+
+def test_a_replica_that_failed_thousands_of_times_in_a_row_rests_the_longest_time():
+    from tessy.backends.pool import EndpointPool
+
+    pool = EndpointPool(["http://a"], max_concurrency=1, cooldown_s=2.0, max_cooldown_s=60.0)
+    ep = pool.endpoints[0]
+    ep.failures = 5000  # 2 ** 5000 is past any float
+    before = time.monotonic()
+    pool.failed(ep)
+    assert ep.failures == 5001 and 59.0 < ep.down_until - before <= 60.5

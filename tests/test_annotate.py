@@ -173,6 +173,8 @@ async def test_an_llm_judge_run_keeps_good_windows_and_counts_each_kind_of_rejec
         assert trace[: r["window_start"]].endswith(r["context"])
     # The judge was asked once per window, with the window in its prompt.
     assert len(backend.requests) == 5
+    # Each question was a session of its own, ended (released) whether it was answered or failed.
+    assert sorted(backend.released) == sorted(r.sample_id for r in backend.requests)
     assert all(req.prompt.text.endswith('["') for req in backend.requests)
 
     # A rerun skips every window already accepted or rejected.

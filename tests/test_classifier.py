@@ -240,6 +240,17 @@ async def test_states_are_bounded_and_can_be_forgotten(checkpoint: Path):
     await pred.aclose()
 
 
+async def test_a_released_sample_holds_no_window(checkpoint: Path):
+    pred = load(checkpoint)
+    await pred.release("a")  # unknown: a no-op
+    for sample in ("a", "b"):
+        await walk(pred, sample, rounds=2)
+    assert pred.held == [("a", "teacher"), ("b", "teacher")]
+    await pred.release("a")
+    assert pred.held == [("b", "teacher")]
+    await pred.aclose()
+
+
 class NonCausal:
     """A bidirectional stand-in that says "the token after a two-letter word is style"; it must
     never be given a cache."""

@@ -404,6 +404,77 @@ class TestConcurrency:
             asyncio.run(go())
 
 
+class TestSessions:
+    """A sample is a session on both roles: when it ends, however it ends, both roles' backends
+    and predictors let go of it at once."""
+
+    @staticmethod
+    def cycling_roles() -> tuple[ScriptedBackend, ScriptedBackend, ScriptedPredictor, ScriptedPredictor]:
+        student = ScriptedBackend.cycling(["Okay, so let me see", " Wait, so"], answers=["A."])
+        teacher = ScriptedBackend.cycling([" 1 + 1 = 2 and 2 + 2 = 4"])
+        cuts = ScriptedPredictor(responder=lambda q: min(1, q.max_position))
+        return student, teacher, cuts, ScriptedPredictor(responder=lambda q: min(1, q.max_position))
+
+    def test_a_finished_sample_is_released_by_both_roles(self):
+        student, teacher, sp, tp = self.cycling_roles()
+        limits = Limits(max_total_tokens=200, max_thinking_tokens=60, repetition=None)
+        engine = make_engine(student, teacher, student_predictor=sp, teacher_predictor=tp, limits=limits)
+        result = run(engine)
+        assert result.ok and result.stats.switches > 1
+        assert student.sample_state == {} and teacher.sample_state == {}  # the cursors are gone
+        assert student.released == teacher.released == sp.released == tp.released == ["s1"]
+
+    def test_a_sample_that_fails_while_thinking_is_released_at_once(self):
+        student, _, sp, tp = self.cycling_roles()
+        teacher = scripted(BackendError("400: bad request", retryable=False))
+        engine = make_engine(student, teacher, student_predictor=sp, teacher_predictor=tp)
+        result = run(engine)
+        assert result.failure is not None and result.failure.kind == "request_failed"
+        assert result.stats.think_tokens > 0 and not any(s.phase == "answer" for s in result.spans)
+        assert student.sample_state == {}
+        assert student.released == teacher.released == sp.released == tp.released == ["s1"]
+
+    def test_a_sample_stopped_by_the_repetition_guard_is_released(self):
+        student = ScriptedBackend.cycling([" la"])
+        engine = make_engine(
+            student,
+            scripted(),
+            mode="student-only",
+            limits=Limits(repetition=RepetitionGuard(min_tokens=8, max_period=2, min_repeats=3, check_every=1)),
+        )
+        result = run(engine)
+        assert result.failure is not None and result.failure.kind == "repetition"
+        assert student.sample_state == {} and student.released == ["s1"]
+
+    def test_samples_cancelled_in_flight_are_released(self):
+        student = ScriptedBackend.cycling(["Okay, so let me see"], latency_s=0.01)
+        teacher = ScriptedBackend.cycling([" 1 + 1 = 2 and 2 + 2 = 4"], latency_s=0.01)
+        engine = make_engine(
+            student, teacher, limits=Limits(max_total_tokens=20000, max_thinking_tokens=10000, repetition=None)
+        )
+        samples = [Sample.from_prompt(f"p{i}", f"q{i}") for i in range(4)]
+
+        async def go():
+            task = asyncio.ensure_future(anext(engine.run(samples, max_in_flight=4)))
+            await asyncio.sleep(0.1)  # every sample is mid-thinking (none can end: no end marker)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(go())
+        assert student.sample_state == {} and teacher.sample_state == {}
+        assert sorted(student.released) == sorted(teacher.released) == [s.id for s in samples]
+
+    def test_a_bug_still_releases_the_sample(self):
+        def boom(request):
+            raise RuntimeError("a bug in a backend")
+
+        student, teacher = ScriptedBackend(responder=boom), scripted()
+        with pytest.raises(RuntimeError):
+            run(make_engine(student, teacher))
+        assert student.released == teacher.released == ["s1"]
+
+
 def test_system_prompt_is_rendered_for_chat_messages():
     sample = Sample("c1", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}])
     student = scripted(toks("Okay|</think>"), toks("Hello|."))

@@ -163,7 +163,7 @@ class TestCache:
         assert backend.stats.cache_misses == 1
         assert_greedy(model, ids_of(tok, "abcXYZ"), gen, 4)
 
-    def test_the_answer_frees_the_samples_caches_and_old_ones_are_evicted(self, tiny: tuple[Any, HFTokenizer]) -> None:
+    def test_old_caches_are_evicted_and_a_released_sample_holds_none(self, tiny: tuple[Any, HFTokenizer]) -> None:
         model, tok = tiny
         b = HFBackend(model, tok, cache_tokens=40)
         b.eos_ids = frozenset()
@@ -172,11 +172,49 @@ class TestCache:
             await b.generate(request(ids_of(tok, "a" * 20), 4, "one"))
             await b.generate(request(ids_of(tok, "b" * 20), 4, "two"))  # 46 tokens > 40: "one" goes
             assert b.stats.evictions == 1
+            assert (b.stats.cached_sequences, b.stats.cached_tokens) == (1, 23)  # 20 + 3 fed
             await b.generate(request(ids_of(tok, "b" * 20), 4, "two", phase="answer"))
+            assert b.stats.cached_sequences == 1  # a request's phase says nothing about the sample's end
+            await b.release("two")
+            assert (b.stats.cached_sequences, b.stats.cached_tokens) == (0, 0)
             await b.aclose()
 
         asyncio.run(go())
         assert b.stats.evictions == 1
+
+    def test_release_drops_every_role_of_that_sample_only(
+        self, tiny: tuple[Any, HFTokenizer], backend: HFBackend
+    ) -> None:
+        _, tok = tiny
+
+        async def go() -> None:
+            await backend.release("x")  # nothing started yet: a no-op
+            for sample in ("x", "y"):
+                for role in ("student", "teacher"):
+                    req = request(ids_of(tok, f"{sample} {role}"), 3, sample)
+                    await backend.generate(GenerateRequest(req.prompt, 3, sample_id=sample, role=role, sampling=GREEDY))
+            assert backend.stats.cached_sequences == 4
+            await backend.release("x")
+            assert backend.stats.cached_sequences == 2
+            await backend.release("x")  # twice: still a no-op
+            assert backend.stats.cached_sequences == 2
+
+        asyncio.run(go())
+
+    def test_a_request_running_when_its_sample_is_released_keeps_no_cache(
+        self, tiny: tuple[Any, HFTokenizer], backend: HFBackend
+    ) -> None:
+        _, tok = tiny
+
+        async def go() -> None:
+            stream = backend.stream(request(ids_of(tok, "hello"), 40, "x"))
+            await anext(stream)  # decoding has begun
+            await backend.release("x")
+            async for _ in stream:
+                pass
+            assert backend.stats.cached_sequences == 0
+
+        asyncio.run(go())
 
 
 class TestStops:
@@ -300,6 +338,42 @@ class TestWithTheEngine:
             # goes on after itself, the last token it generated, never fed), and the answer's suffix.
             foreign = sum(len(tok.encode(s.text)) for s in result.spans if s.phase == "think" and s.source != name)
             assert header < b.stats.prefill_tokens <= header + foreign + b.stats.requests + suffix
+
+    def test_a_sample_that_fails_while_thinking_releases_its_kv_caches_and_classifier_windows(
+        self, tiny: tuple[Any, HFTokenizer], tmp_path: Any
+    ) -> None:
+        from tessy import Engine, Limits, Role, Sample, get_format
+        from tessy.boundary.classifier import ClassifierPredictor
+        from tiny_models import save_tiny_backbone
+
+        model, tok = tiny
+        backend = HFBackend(model, tok)  # both roles on one model, as a self-cooperation run would be
+        backend.eos_ids = frozenset()
+        classifier = ClassifierPredictor.load(save_tiny_backbone(tmp_path / "ckpt"), device="cpu")
+        fmt = get_format("chatml")
+        engine = Engine(
+            Role("teacher", backend, fmt, classifier, 6, GREEDY, tok),
+            Role("student", backend, fmt, classifier, 6, GREEDY, tok),
+            # Thinking never ends and no budget stops it: the prompt outgrows the model's 256
+            # positions, and the request that finds it too long fails the sample (not retryable).
+            limits=Limits(max_total_tokens=4000, max_thinking_tokens=3000, repetition=None),
+        )
+
+        async def go() -> Any:
+            async with engine:
+                result = await engine.run_sample(Sample.from_prompt("s", "What is 2+2?"))
+                # Checked before closing: the session, not the close, let go of the sample.
+                assert (backend.stats.cached_sequences, backend.stats.cached_tokens) == (0, 0)
+                assert classifier.held == []
+                return result
+
+        result = asyncio.run(go())
+        assert result.failure is not None and result.failure.kind == "request_failed"
+        assert "256" in result.failure.detail and not any(s.phase == "answer" for s in result.spans)
+        # While it ran, the sample's caches were held and reused.
+        assert backend.stats.requests > 10 and backend.stats.cache_misses == 0
+        assert backend.stats.prefill_tokens < backend.stats.prompt_tokens / 4
+        assert classifier.stats.reused > 0
 
 
 def test_scoring_gives_each_continuation_token_its_log_probability(

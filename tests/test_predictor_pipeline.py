@@ -49,6 +49,7 @@ async def test_sampling_writes_one_trace_per_prompt_in_the_roles_format(tmp_path
     records = {r["id"]: r for r in read_jsonl(out)}
     assert summary.written == 7 and summary.failed == 1 and set(records) == {f"p{i}" for i in range(8)} - {"p3"}
     assert backend.max_in_flight <= 3  # concurrency is bounded
+    assert sorted(backend.released) == sorted(f"p{i}" for i in range(8))  # failed or not, each prompt let go
     # The prompt is the role's thinking prompt; traces stop at max_tokens or the end of thinking.
     first = backend.requests[0]
     assert first.prompt.text.endswith("<|im_start|>assistant\n<think>\n") and first.stop == ("</think>",)

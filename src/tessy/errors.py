@@ -62,12 +62,16 @@ class BackendError(TessyError):
 
     ``retryable`` tells the engine whether trying the same request again may succeed
     (a connection reset, a 5xx, a 429) or not (a 4xx that names a bad request).
+    ``retry_after`` is how long the server asked the client to wait first (seconds), if it did.
     """
 
-    def __init__(self, message: str, *, retryable: bool = True, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = True, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
+        self.retry_after = retry_after
 
 
 class ServerStartError(TessyError):

@@ -34,6 +34,8 @@ class ScriptedPredictor(BoundaryPredictor):
         self.lookahead = lookahead
         #: Every query received, in order.
         self.queries: list[CutQuery] = []
+        #: Every sample released, in order.
+        self.released: list[str] = []
 
     async def find_cut(self, query: CutQuery) -> int | None:
         self.queries.append(query)
@@ -42,3 +44,6 @@ class ScriptedPredictor(BoundaryPredictor):
         if not self._cuts:
             raise AssertionError(f"the predictor script ran out at query {len(self.queries)}")
         return self._cuts.popleft()
+
+    async def release(self, sample_id: str) -> None:
+        self.released.append(sample_id)

@@ -66,7 +66,8 @@ class GenerateRequest:
     """One request for a continuation.
 
     ``sample_id``, ``role`` and ``phase`` are metadata: they let a backend route all requests
-    of one sample to the same replica (so its prefix cache hits) and let fakes answer per sample.
+    of one sample to the same replica (so its prefix cache hits) and let fakes answer per sample
+    and phase. When a sample ends is said by :meth:`Backend.release`, never guessed from ``phase``.
     """
 
     prompt: Prompt
@@ -196,6 +197,12 @@ class Backend(ABC):
         (:class:`tessy.scoring.TransformersScorer`).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot score continuations")
+
+    async def release(self, sample_id: str) -> None:
+        """The sample ``sample_id`` is over (done, failed or cancelled): drop what is kept for it
+        (KV caches, cursors). No request of it follows, unless as a new sample. Must not raise;
+        an unknown sample is a no-op, and so is this default (a backend that keeps nothing).
+        :meth:`tessy.engine.Role.session` calls it."""
 
     async def aclose(self) -> None:
         """Release connections, servers or models."""

@@ -10,8 +10,9 @@ Requests go into a queue; the worker gathers them into batches:
 - **Batched decoding.** Each new request is prefilled on its own, then joins the running batch:
   the batch's caches are left-padded to one length and every decode step feeds one token for
   each row at once. A finished row leaves the batch with its cache, which goes back to its
-  sample. Caches are dropped when the sample's answer is done, and least recently used ones
-  when their total passes ``cache_tokens``.
+  sample. A sample's caches are dropped when it is released (:meth:`HFBackend.release`, when
+  the engine's session for it ends, however it ends), and least recently used ones when their
+  total passes ``cache_tokens``.
 - **Scoring.** :meth:`HFBackend.score` gives the log-probability of each token of a given text
   (``tessy report --student`` uses it for the student's NLL), in one forward pass.
 - **Exact tokens.** Prompts are taken as token ids (the engine keeps them); generated tokens
@@ -29,14 +30,13 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import BackendError, ConfigError
 from ..tokenizers import HFTokenizer
 from .base import Backend, GenerateRequest, Generation, ScoreRequest, StreamDelta, TokenScores
-from .hf_worker import Deliver, Job, Worker
+from .hf_worker import Deliver, HFStats, Job, Release, Worker
 
 __all__ = ["HFBackend", "HFStats"]
 
@@ -52,33 +52,6 @@ _LOCKS_LOCK = threading.Lock()
 def _device_lock(device: Any) -> threading.Lock:
     with _LOCKS_LOCK:
         return _DEVICE_LOCKS.setdefault(str(device), threading.Lock())
-
-
-@dataclass
-class HFStats:
-    """What the backend did, for benchmarks and reports."""
-
-    requests: int = 0
-    #: Sum of the prompts' lengths (what a server without a prefix cache would prefill).
-    prompt_tokens: int = 0
-    #: Prompt tokens actually fed to the model (the rest came from a sample's cache).
-    prefill_tokens: int = 0
-    generated_tokens: int = 0
-    #: Requests whose prompt did not extend the previous prompt of their (sample, role).
-    cache_misses: int = 0
-    evictions: int = 0
-    forward_passes: int = 0
-    decode_steps: int = 0
-    #: Rows summed over decode steps (divide by ``decode_steps`` for the mean batch size).
-    decode_rows: int = 0
-
-    @property
-    def prefill_per_generated(self) -> float:
-        return self.prefill_tokens / self.generated_tokens if self.generated_tokens else 0.0
-
-    @property
-    def mean_batch(self) -> float:
-        return self.decode_rows / self.decode_steps if self.decode_steps else 0.0
 
 
 class HFBackend(Backend):
@@ -112,16 +85,16 @@ class HFBackend(Backend):
         self.cache_tokens = cache_tokens
         self.stats = HFStats()
         self.device = next(model.parameters()).device
-        self._lock = _device_lock(self.device)
+        self.device_lock = _device_lock(self.device)
         params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        self._keep_logits = "logits_to_keep" in params
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.keep_logits = "logits_to_keep" in params
         self.max_positions: int | None = getattr(model.config, "max_position_embeddings", None)
         eos = set(tokenizer.eos_token_ids)
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos.update([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))
         self.eos_ids = frozenset(eos)
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Job | Release | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -163,7 +136,8 @@ class HFBackend(Backend):
             raise BackendError("the prompt is empty", retryable=False)
         job = Job(request, prompt, deliver, stream)
         if self._thread is None:
-            self._thread = threading.Thread(target=Worker(self).run, name=f"tessy-hf-{self.name}", daemon=True)
+            worker = Worker(self, self._queue)
+            self._thread = threading.Thread(target=worker.run, name=f"tessy-hf-{self.name}", daemon=True)
             self._thread.start()
         self._queue.put(job)
         return job
@@ -212,12 +186,28 @@ class HFBackend(Backend):
         limit = self.max_positions or 4096
 
         def run() -> TokenScores:
-            with self._lock:
+            with self.device_lock:
                 return score_tokens(
                     self.tokenizer.hf, self.model, request.prompt.text, request.continuation, max_tokens=limit
                 )
 
         return await asyncio.to_thread(run)
+
+    async def release(self, sample_id: str) -> None:
+        """Drop the sample's KV caches (every role's); returns once the model thread has."""
+        thread = self._thread
+        if self._closed or thread is None or not thread.is_alive():
+            return  # nothing cached, or the thread dropped everything when it stopped
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(_: object) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        # Queued before the first await: even if the caller is cancelled, the caches go.
+        self._queue.put(Release(sample_id, _threadsafe(loop, settle)))
+        await done
 
     async def aclose(self) -> None:
         if self._closed:

@@ -2,28 +2,27 @@
 
 See :mod:`tessy.backends.hf` for what it does; this module holds how. Only this thread touches
 the model, the batch and the per-sample KV caches, so none of them needs a lock; the event
-loop's side talks to it through a queue (requests in) and thread-safe callbacks (tokens out).
+loop's side talks to it through a queue (requests and releases in) and thread-safe callbacks
+(tokens out). The worker knows the backend only as a :class:`ModelHost` (what it reads from it).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import BackendError
 from ..hf import cache_tensors
-from ..tokenizers import PieceDecoder
+from ..tokenizers import HFTokenizer, PieceDecoder
 from .base import FinishReason, GenerateRequest, Generation, StreamDelta
 from .sampling import make_generator, sample_token
 
-if TYPE_CHECKING:
-    from .hf import HFBackend
-
-__all__ = ["Deliver", "Job", "Worker"]
+__all__ = ["Deliver", "HFStats", "Job", "ModelHost", "Release", "Worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +31,58 @@ _FINISH_CHARACTER = 3
 
 #: Called from the worker thread with stream deltas, a Generation or an error.
 Deliver = Callable[[object], None]
+
+
+@dataclass
+class HFStats:
+    """What the backend did, for benchmarks and reports."""
+
+    requests: int = 0
+    #: Sum of the prompts' lengths (what a server without a prefix cache would prefill).
+    prompt_tokens: int = 0
+    #: Prompt tokens actually fed to the model (the rest came from a sample's cache).
+    prefill_tokens: int = 0
+    generated_tokens: int = 0
+    #: Requests whose prompt did not extend the previous prompt of their (sample, role).
+    cache_misses: int = 0
+    evictions: int = 0
+    forward_passes: int = 0
+    decode_steps: int = 0
+    #: Rows summed over decode steps (divide by ``decode_steps`` for the mean batch size).
+    decode_rows: int = 0
+    #: Tokens held now in per-sample KV caches (a gauge: released samples hold none).
+    cached_tokens: int = 0
+    #: (sample, role) caches held now.
+    cached_sequences: int = 0
+
+    @property
+    def prefill_per_generated(self) -> float:
+        return self.prefill_tokens / self.generated_tokens if self.generated_tokens else 0.0
+
+    @property
+    def mean_batch(self) -> float:
+        return self.decode_rows / self.decode_steps if self.decode_steps else 0.0
+
+
+class ModelHost(Protocol):
+    """What the worker reads from its backend (read live: a test may change ``eos_ids``)."""
+
+    torch: Any
+    model: Any
+    tokenizer: HFTokenizer
+    device: Any
+    name: str
+    max_batch_size: int
+    cache_tokens: int
+    max_positions: int | None
+    eos_ids: frozenset[int]
+    stats: HFStats
+    #: The name of the model's cache argument (``cache`` or ``past_key_values``).
+    cache_arg: str
+    #: Whether the model takes ``logits_to_keep``.
+    keep_logits: bool
+    #: Taken around each forward pass (models on one device take turns).
+    device_lock: threading.Lock
 
 
 @dataclass(eq=False)
@@ -44,9 +95,20 @@ class Job:
     stream: bool
     cancelled: bool = False
 
+    #: Cleared when the sample is released while this job runs: its cache is then not kept.
+    keep_cache: bool = True
+
     @property
     def key(self) -> tuple[str, str]:
         return (self.request.sample_id, self.request.role)
+
+
+@dataclass(eq=False)
+class Release:
+    """The sample is over: drop its caches, then call ``done`` (with ``None``)."""
+
+    sample_id: str
+    done: Deliver
 
 
 @dataclass(eq=False)
@@ -79,12 +141,12 @@ class _Row:
 class Worker:
     """The model's thread: admits requests, prefills them, decodes the batch."""
 
-    def __init__(self, backend: HFBackend) -> None:
-        self.b = backend
-        self.torch = backend.torch
-        self.stats = backend.stats
+    def __init__(self, host: ModelHost, inbox: queue.SimpleQueue[Job | Release | None]) -> None:
+        self.b = host
+        self.inbox = inbox
+        self.torch = host.torch
+        self.stats = host.stats
         self.caches: OrderedDict[tuple[str, str], _SampleCache] = OrderedDict()
-        self.cached_tokens = 0
         self.rows: list[_Row] = []
         self.pads: list[int] = []
         self.cache: Any = None  # the batch's DynamicCache
@@ -105,24 +167,53 @@ class Worker:
                         self._guarded(self._step)
         finally:
             error = BackendError("the hf backend was closed", retryable=False)
-            for job in [r.job for r in self.rows] + self.waiting:
-                job.deliver(error)
+            left: list[Job | Release] = [r.job for r in self.rows]
+            left.extend(self.waiting)
             self.rows, self.waiting, self.cache = [], [], None
             self.caches.clear()
+            self._count_caches()
+            while True:  # what was queued behind the end: nobody may wait for ever
+                try:
+                    item = self.inbox.get(block=False)
+                except queue.Empty:
+                    break
+                if item is not None:
+                    left.append(item)
+            for item in left:
+                if isinstance(item, Release):
+                    item.done(None)
+                else:
+                    item.deliver(error)
 
     def _take(self) -> None:
         """Move queued jobs to ``waiting``; block only when there is nothing else to do."""
         block = not self.rows and not self.waiting and not self.stopping
         while True:
             try:
-                job = self.b._queue.get(block=block)
+                job = self.inbox.get(block=block)
             except queue.Empty:
                 return
             block = False
             if job is None:
                 self.stopping = True
+            elif isinstance(job, Release):
+                self._release(job.sample_id)
+                job.done(None)
             elif not job.cancelled:
                 self.waiting.append(job)
+
+    def _release(self, sample_id: str) -> None:
+        """Drop the sample's caches, and keep none from its requests still running."""
+        for key in [k for k in self.caches if k[0] == sample_id]:
+            del self.caches[key]
+        for job in [r.job for r in self.rows] + self.waiting:
+            if job.request.sample_id == sample_id:
+                job.keep_cache = False
+        self._count_caches()
+
+    def _count_caches(self) -> None:
+        self.stats.cached_tokens = sum(len(c.ids) for c in self.caches.values())
+        self.stats.cached_sequences = len(self.caches)
 
     def _guarded(self, work: Callable[[], None], job: Job | None = None) -> None:
         """Run ``work``; if the model fails, fail that one request (``job``, a prefill) or the
@@ -164,7 +255,8 @@ class Worker:
         kv: list[tuple[Any, Any]] = []
         reuse = 0
         if state is not None:
-            self.cached_tokens -= len(state.ids)
+            self.stats.cached_tokens -= len(state.ids)
+            self.stats.cached_sequences -= 1
             common = _common_prefix(state.ids, prompt)
             if common < state.prompt_len:
                 self.stats.cache_misses += 1
@@ -273,13 +365,13 @@ class Worker:
             "input_ids": tokens,
             "position_ids": positions,
             "attention_mask": mask,
-            self.b._cache_arg: cache,
+            self.b.cache_arg: cache,
             "use_cache": True,
         }
-        if last_only and self.b._keep_logits:
+        if last_only and self.b.keep_logits:
             kwargs["logits_to_keep"] = 1
         self.stats.forward_passes += 1
-        with self.b._lock:
+        with self.b.device_lock:
             return self.b.model(**kwargs).logits
 
     # -- tokens --------------------------------------------------------------------------
@@ -335,15 +427,14 @@ class Worker:
     def _finish(self, row: _Row, kv: list[tuple[Any, Any]]) -> None:
         job = row.job
         key = job.key
-        if job.request.phase == "answer":  # the sample is done: nobody will continue it
-            for other in [k for k in self.caches if k[0] == key[0]]:
-                self.cached_tokens -= len(self.caches.pop(other).ids)
-        elif self.b.cache_tokens:
+        if job.keep_cache and self.b.cache_tokens:
             self.caches[key] = _SampleCache(row.ids, kv, len(job.prompt))
-            self.cached_tokens += len(row.ids)
-            while self.cached_tokens > self.b.cache_tokens and len(self.caches) > 1:
+            self.stats.cached_tokens += len(row.ids)
+            self.stats.cached_sequences += 1
+            while self.stats.cached_tokens > self.b.cache_tokens and len(self.caches) > 1:
                 _, old = self.caches.popitem(last=False)
-                self.cached_tokens -= len(old.ids)
+                self.stats.cached_tokens -= len(old.ids)
+                self.stats.cached_sequences -= 1
                 self.stats.evictions += 1
         if job.cancelled:
             return

@@ -29,18 +29,17 @@ server's message. The API key is read from an environment variable and never log
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import json
 import logging
 import os
-import random
-from collections.abc import AsyncGenerator, Sequence
-from typing import Any, Literal
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 import httpx
 
 from ..errors import BackendError, ConfigError
+from ..retry import Backoff, FailureBudget, call_with_retries
 from ..tokenizers import FakeTokenizer, Tokenizer
 from .base import Backend, FinishReason, GenerateRequest, Generation, ScoreRequest, StreamDelta, TokenScores
 from .pool import Endpoint, EndpointPool
@@ -53,12 +52,12 @@ ServerKind = Literal["vllm", "sglang", "llamacpp", "openai"]
 _WORDS = FakeTokenizer()  # splits text into word-level pieces when a server gives no per-token text
 
 
-class _Retry(Exception):
-    """A failure worth another try (on this or another replica)."""
+T = TypeVar("T")
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+
+def _retry(message: str, *, retry_after: float | None = None) -> BackendError:
+    """A failure worth another try (on this or another replica)."""
+    return BackendError(message, retryable=True, retry_after=retry_after)
 
 
 class OpenAICompletionsBackend(Backend):
@@ -91,8 +90,7 @@ class OpenAICompletionsBackend(Backend):
         self.supports_scoring = server != "llamacpp"
         self.pool = EndpointPool(endpoints, max_concurrency=max_concurrency)
         self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.backoff = Backoff(backoff_s, max_backoff_s)
         self.logprobs = logprobs
         self.extra_body = dict(extra_body or {})
         #: Splits text into pieces when the server gives no per-token text (else words).
@@ -161,38 +159,38 @@ class OpenAICompletionsBackend(Backend):
     def _key(request: GenerateRequest) -> str:
         return f"{request.sample_id}|{request.role}"
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_backoff_s)
-        return random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2**attempt))
-
-    async def _with_retries(self, key: str, once: Any) -> Any:
+    async def _with_retries(self, key: str, once: Callable[[Endpoint], Awaitable[T]]) -> T:
         """Call ``once(endpoint)`` until it succeeds, failing over between replicas (``key``
-        picks the replica a sample sticks to)."""
+        picks the replica a sample sticks to); at most ``max_retries`` retries, with backoff."""
         tried: set[str] = set()
-        last = "no attempt made"
-        for attempt in range(self.max_retries + 1):
+
+        async def attempt() -> T:
             ep = self.pool.choose(key, avoid=tried)
             tried.add(ep.url)
             try:
                 async with ep.slots:
                     ep.requests += 1
                     result = await once(ep)
-                self.pool.succeeded(ep)
-                return result
-            except _Retry as exc:
-                last = str(exc)
-                retry_after = exc.retry_after
+            except BackendError as exc:
+                if exc.retryable:
+                    self.pool.failed(ep)
+                raise
             except httpx.TimeoutException as exc:
-                last, retry_after = f"timed out ({type(exc).__name__})", None
+                self.pool.failed(ep)
+                raise _retry(f"timed out ({type(exc).__name__})") from exc
             except httpx.TransportError as exc:
-                last, retry_after = f"{type(exc).__name__}: {exc}", None
-            self.pool.failed(ep)
-            if attempt < self.max_retries:
-                delay = self._delay(attempt, retry_after)
-                logger.debug("request to %s failed (%s); trying again in %.2f s", ep.url, last, delay)
-                await asyncio.sleep(delay)
-        raise BackendError(f"{self.model}: {self.max_retries + 1} attempts failed, the last: {last}", retryable=True)
+                self.pool.failed(ep)
+                raise _retry(f"{type(exc).__name__}: {exc}") from exc
+            self.pool.succeeded(ep)
+            return result
+
+        budget = FailureBudget(self.max_retries)
+        try:
+            return await call_with_retries(attempt, budget, backoff=self.backoff, what=f"a request to {self.model}")
+        except BackendError as exc:
+            if not exc.retryable:
+                raise
+            raise BackendError(f"{self.model}: {budget.failures} attempts failed, the last: {exc}") from None
 
     @staticmethod
     def _check_status(ep: Endpoint, response: httpx.Response, body: bytes) -> None:
@@ -202,7 +200,7 @@ class OpenAICompletionsBackend(Backend):
         message = _error_message(body) or response.reason_phrase
         if status == 429 or status >= 500 or status == 408:
             retry_after = _retry_after(response.headers.get("retry-after"))
-            raise _Retry(f"HTTP {status} from {ep.url}: {message}", retry_after=retry_after)
+            raise _retry(f"HTTP {status} from {ep.url}: {message}", retry_after=retry_after)
         raise BackendError(f"HTTP {status} from {ep.url}: {message}", retryable=False, status=status)
 
     # -- generate ------------------------------------------------------------------------
@@ -219,12 +217,12 @@ class OpenAICompletionsBackend(Backend):
                 choice = data["choices"][0]
                 text = choice["text"]
             except (ValueError, KeyError, IndexError, TypeError):
-                raise _Retry(f"malformed response from {ep.url}: {raw[:200]!r}") from None
+                raise _retry(f"malformed response from {ep.url}: {raw[:200]!r}") from None
             if not isinstance(text, str):
-                raise _Retry(f"malformed response from {ep.url}: the text is not a string")
+                raise _retry(f"malformed response from {ep.url}: the text is not a string")
             finish = _finish(choice.get("finish_reason"))
             if not text and finish == "length":
-                raise _Retry(f"empty completion from {ep.url}")
+                raise _retry(f"empty completion from {ep.url}")
             pieces = _align(text, _token_strings(choice.get("logprobs")), self.tokenizer)
             ids = choice.get("token_ids")
             if isinstance(ids, list) and finish == "stop" and len(ids) == len(pieces) + 1:
@@ -244,8 +242,7 @@ class OpenAICompletionsBackend(Backend):
                 completion_tokens=usage.get("completion_tokens"),
             )
 
-        result: Generation = await self._with_retries(self._key(request), once)
-        return result
+        return await self._with_retries(self._key(request), once)
 
     # -- score ---------------------------------------------------------------------------
 
@@ -280,11 +277,10 @@ class OpenAICompletionsBackend(Backend):
             try:
                 choice = json.loads(raw)["choices"][0]
             except (ValueError, KeyError, IndexError, TypeError):
-                raise _Retry(f"malformed response from {ep.url}: {raw[:200]!r}") from None
+                raise _retry(f"malformed response from {ep.url}: {raw[:200]!r}") from None
             return _echo_scores(choice.get("logprobs"), len(prompt), len(full), where=ep.url)
 
-        result: TokenScores = await self._with_retries(f"{request.sample_id}|score", once)
-        return result
+        return await self._with_retries(f"{request.sample_id}|score", once)
 
     # -- stream --------------------------------------------------------------------------
 
@@ -303,7 +299,7 @@ class OpenAICompletionsBackend(Backend):
 
         # Retries and failover happen only before the first token; a stream that breaks later
         # raises, and the engine redoes the whole step.
-        response: httpx.Response = await self._with_retries(self._key(request), once)
+        response = await self._with_retries(self._key(request), once)
         got_any = False
         stops = request.stop
         longest = max((len(x) for x in stops), default=0)

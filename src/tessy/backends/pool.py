@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ..retry import Backoff
+
 __all__ = ["Endpoint", "EndpointPool"]
 
 
@@ -54,8 +56,8 @@ class EndpointPool:
         self.endpoints = [Endpoint(u.rstrip("/"), max_concurrency) for u in urls]
         if not self.endpoints:
             raise ValueError("an endpoint pool needs at least one URL")
-        self.cooldown_s = cooldown_s
-        self.max_cooldown_s = max_cooldown_s
+        #: How long a replica rests after its n-th failure in a row: cooldown_s doubling, capped.
+        self.rest = Backoff(cooldown_s, max_cooldown_s)
 
     def ranking(self, key: str) -> list[Endpoint]:
         """Replicas in the order a key prefers them (rendezvous hashing)."""
@@ -87,5 +89,4 @@ class EndpointPool:
     def failed(self, ep: Endpoint) -> None:
         """Rest a replica that failed, longer after each failure in a row."""
         ep.failures += 1
-        rest = min(self.max_cooldown_s, self.cooldown_s * 2 ** (ep.failures - 1))
-        ep.down_until = time.monotonic() + rest
+        ep.down_until = time.monotonic() + self.rest.ceiling(ep.failures - 1)

@@ -20,6 +20,7 @@ import hashlib
 import math
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from typing import Any
 
 from ..errors import BackendError
 from ..tokenizers import FakeTokenizer, Tokenizer
@@ -85,6 +86,10 @@ class ScriptedBackend(Backend):
         self.max_in_flight = 0
         #: Streams closed by the caller before the continuation was exhausted.
         self.aborted_streams = 0
+        #: Per-sample state a responder keeps (a cycling fake's cursors); :meth:`release` drops it.
+        self.sample_state: dict[str, Any] = {}
+        #: Every sample released, in order.
+        self.released: list[str] = []
 
     @classmethod
     def cycling(
@@ -95,7 +100,8 @@ class ScriptedBackend(Backend):
     ) -> ScriptedBackend:
         """A fake model that writes ``responses`` one after another, without end.
 
-        Per sample it keeps a cursor in that endless text. When the prompt ends with everything
+        Per sample it keeps a cursor in that endless text (in :attr:`sample_state`, until the
+        sample is released). When the prompt ends with everything
         it returned last time (nothing was cut), it carries on from the cursor, as a model would;
         otherwise it starts afresh at the response after the one its last request began in. Only a stop string (``</think>`` in a
         response) ends a thinking request early. The first response of a sample is chosen by a
@@ -117,8 +123,6 @@ class ScriptedBackend(Backend):
         def respond(request: GenerateRequest) -> Continuation:
             sid = request.sample_id
             if request.phase == "answer":
-                # The sample's thinking is over: forget its cursor (memory stays flat on long runs).
-                cursors.pop(sid, None)
                 pool = split_answers or split
                 return pool[start(sid, len(pool))]
             cursor = cursors.get(sid)
@@ -141,12 +145,18 @@ class ScriptedBackend(Backend):
             r, p = _back_one(split, r, p)
             cursors.pop(sid, None)  # re-insert at the end: the dict stays in order of last use
             cursors[sid] = (r, p, "".join(pieces[: request.max_tokens]), began)
-            if len(cursors) > _MAX_TRACKED:  # forget the sample unused for longest (long done)
+            if len(cursors) > _MAX_TRACKED:  # a caller that never releases: forget the oldest
                 del cursors[next(iter(cursors))]
             return pieces
 
         kwargs.setdefault("known_pieces", [p for r in [*split, *split_answers] for p in r])
-        return cls(responder=respond, **kwargs)  # type: ignore[arg-type]
+        backend = cls(responder=respond, **kwargs)  # type: ignore[arg-type]
+        backend.sample_state = cursors
+        return backend
+
+    async def release(self, sample_id: str) -> None:
+        self.released.append(sample_id)
+        self.sample_state.pop(sample_id, None)
 
     def _script_pieces(self, script: Iterable[Continuation]) -> list[str]:
         out: list[str] = []

@@ -91,6 +91,11 @@ class BoundaryPredictor(ABC):
         """
         return max(0, len(pieces) - self.lookahead)
 
+    async def release(self, sample_id: str) -> None:
+        """The sample ``sample_id`` is over: drop what is kept for it (encoded windows, caches).
+        Must not raise; an unknown sample is a no-op, and so is this default (a predictor that
+        keeps nothing per sample). :meth:`tessy.engine.Role.session` calls it."""
+
     async def aclose(self) -> None:
         """Release what the predictor holds (models, worker tasks)."""
 

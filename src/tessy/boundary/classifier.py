@@ -23,7 +23,8 @@ A token is *style* when its probability reaches ``threshold`` (default 0.5).
 forward serves many samples, in a worker thread.
 
 **Reuse.** Where the backbone is causal (Llama, Qwen, SmolLM2...), outputs at a position depend
-only on the tokens before it, so the predictor keeps, per (sample, role), the encoded window:
+only on the tokens before it, so the predictor keeps, per (sample, role) until the sample is
+released (:meth:`ClassifierPredictor.release`) or evicted (``max_states``), the encoded window:
 token ids, offsets, outputs and the backbone's key/value cache. The next query re-encodes only
 from the last word start at or before the first changed character (text cut away after a switch
 is dropped from the cache) and encodes the new text; everything before is reused. The window
@@ -35,6 +36,7 @@ every query re-encodes its window.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
 import os
@@ -243,11 +245,30 @@ class ClassifierPredictor(NextTokenTypePredictor):
         with self._lock:
             self._states.clear()
 
+    async def release(self, sample_id: str) -> None:
+        """Drop the sample's encoded windows (every role's) at once."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drop(sample_id)
+            finally:
+                self._lock.release()
+        else:  # a batch is running: wait for it off the event loop (it may store this sample's window)
+            await asyncio.to_thread(self.forget, sample_id)
+
     def forget(self, sample_id: str) -> None:
         """Drop the cached windows of a finished sample (they are otherwise evicted oldest-first)."""
         with self._lock:
-            for key in [k for k in self._states if k[0] == sample_id]:
-                del self._states[key]
+            self._drop(sample_id)
+
+    def _drop(self, sample_id: str) -> None:
+        for key in [k for k in self._states if k[0] == sample_id]:
+            del self._states[key]
+
+    @property
+    def held(self) -> list[tuple[str, str]]:
+        """The (sample, role) pairs whose encoded windows are kept, oldest first."""
+        with self._lock:
+            return list(self._states)
 
     # -- building requests (event loop) ---------------------------------------------------
 

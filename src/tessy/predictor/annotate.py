@@ -19,13 +19,13 @@ the reason and the raw output. A rerun skips windows already in either file.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from ..backends import GenerateRequest, Prompt
 from ..boundary.lexicon import LexiconPredictor
 from ..engine import Role
 from ..errors import BackendError, ConfigError, TessyError
+from ..workers import map_unordered
 from .files import JsonlWriter, read_jsonl
 from .labels import Window, cut_windows
 
@@ -344,20 +345,23 @@ async def aannotate(
         else:
             role = judge
 
-            async def worker() -> None:
-                for job in source:
-                    raw = ""
+            async def ask(job: _Job) -> tuple[_Job, str | BackendError]:
+                try:
+                    return job, await _ask(role, job, max_tokens, prefill)
+                except BackendError as exc:
+                    return job, exc
+
+            async with aclosing(map_unordered(ask, source, concurrency=concurrency)) as answers:
+                async for job, raw in answers:
+                    if isinstance(raw, BackendError):
+                        record(job, None, "request_failed", str(raw))
+                        continue
                     try:
-                        raw = await _ask(role, job, max_tokens, prefill)
                         spans = locate_spans(job.window.text, parse_judge_output(prefill + raw))
                     except JudgeOutputError as exc:
                         record(job, None, exc.reason, raw)
-                    except BackendError as exc:
-                        record(job, None, "request_failed", str(exc))
                     else:
                         record(job, spans)
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
     summary.wall_s = time.perf_counter() - started
     logger.info("annotated windows: %s", summary.to_dict())
     return summary
@@ -374,6 +378,7 @@ def _context(text: str, start: int, n_chars: int) -> str:
 
 async def _ask(role: Role, job: _Job, max_tokens: int, prefill: str) -> str:
     fmt = role.format
+    sample_id = f"judge:{job.trace_id}#{job.window.index}"
     request = GenerateRequest(
         prompt=Prompt.of(judge_prompt(role, job.window.text, prefill)),
         max_tokens=max_tokens,
@@ -381,9 +386,10 @@ async def _ask(role: Role, job: _Job, max_tokens: int, prefill: str) -> str:
         # parser closes a list cut after its last complete string).
         stop=("]", "\n\n", *fmt.answer_stop),
         sampling=role.sampling,
-        sample_id=f"judge:{job.trace_id}#{job.window.index}",
+        sample_id=sample_id,
         role="judge",
-        phase="answer",
+        phase="answer",  # metadata: the judge answers (its thinking is closed in the prompt)
     )
-    gen = await role.backend.generate(request)
+    async with role.session(sample_id):  # one question, one session: the backend drops its cache after
+        gen = await role.backend.generate(request)
     return gen.text

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from ..data import BadLine, PromptSource, read_prompts
 from ..engine import Role
 from ..errors import BackendError, ConfigError, DataError
 from ..records import Sample, Source
+from ..retry import FailureBudget, call_with_retries
+from ..workers import map_unordered
 from .files import JsonlWriter, read_jsonl
 
 __all__ = ["SampleSummary", "asample_traces", "sample_traces"]
@@ -102,12 +105,12 @@ async def asample_traces(
             else:
                 yield item
 
-    pending = samples()
-    with JsonlWriter(output) as writer:
+    async def trace(sample: Sample) -> tuple[Sample, dict[str, Any] | str]:
+        return sample, await _trace(role, sample, max_tokens, max_request_failures)
 
-        async def worker() -> None:
-            for sample in pending:  # a shared iterator: each worker takes the next prompt
-                record = await _trace(role, sample, max_tokens, max_request_failures)
+    with JsonlWriter(output) as writer:
+        async with aclosing(map_unordered(trace, samples(), concurrency=concurrency)) as traces:
+            async for sample, record in traces:
                 if isinstance(record, str):
                     summary.failed += 1
                     summary.failures.append(f"{sample.id}: {record}")
@@ -120,8 +123,6 @@ async def asample_traces(
                 summary.wall_s = time.perf_counter() - started
                 if progress is not None:
                     progress(summary)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
     summary.wall_s = time.perf_counter() - started
     logger.info("sampled %s traces: %s", role.name, summary.to_dict())
     return summary
@@ -145,15 +146,13 @@ async def _trace(role: Role, sample: Sample, max_tokens: int, max_failures: int)
         role=role.name,
         phase="think",
     )
-    failures = 0
-    while True:
-        try:
-            gen = await role.backend.generate(request)
-            break
-        except BackendError as exc:
-            failures += 1
-            if not exc.retryable or failures > max_failures:
-                return f"request failed: {exc}"
+    try:
+        async with role.session(sample.id):
+            gen = await call_with_retries(
+                lambda: role.backend.generate(request), FailureBudget(max_failures), what=f"sample {sample.id}"
+            )
+    except BackendError as exc:
+        return f"request failed: {exc}"
     text = gen.text
     hit = fmt.find_think_end(text) if fmt.think_stop else None
     if hit is not None:

@@ -1,0 +1,107 @@
+"""The engine: many samples at once against bounded backends.
+
+Each sample is its own small state machine (:mod:`tessy.engine.sample`) running as an asyncio
+task; many run at once, each backend bounds how many of its requests are in flight (one
+semaphore per backend, shared by the roles that use it), and no sample ever waits for another
+(there are no lock-step rounds).
+
+A sample is a *session* on both roles: when it ends, for whatever reason (a response, a failure,
+an exception, a cancellation), both roles' backends and predictors are told at once to release
+what they hold for it (KV caches, encoded windows, cursors); see :meth:`Role.session`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+
+from ..backends.base import Backend
+from ..records import Mode, Sample, SampleResult, Source
+from ..workers import map_unordered
+from .policy import Limits, Role
+from .sample import SampleRun
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Runs samples through the cooperative loop (or one of the comparison modes)."""
+
+    def __init__(
+        self,
+        teacher: Role,
+        student: Role,
+        *,
+        mode: Mode | str = Mode.TESSY,
+        limits: Limits | None = None,
+        streaming: bool = False,
+    ) -> None:
+        if teacher.name != "teacher" or student.name != "student":
+            raise ValueError("the roles must be named 'teacher' and 'student'")
+        self.roles: dict[Source, Role] = {"teacher": teacher, "student": student}
+        self.mode = Mode(mode)
+        self.limits = limits or Limits()
+        self.streaming = streaming
+        if streaming:
+            for name in self.mode.roles:
+                backend = self.roles[name].backend
+                if not backend.supports_streaming:
+                    raise ValueError(f"streaming is on but the {name}'s backend {type(backend).__name__} cannot stream")
+        self._slots: dict[int, asyncio.Semaphore] = {}
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every backend and predictor the roles hold (each once: roles may share them)."""
+        closed: set[int] = set()
+        for role in self.roles.values():
+            for thing in (role.backend, role.predictor):
+                if id(thing) not in closed:
+                    closed.add(id(thing))
+                    await thing.aclose()
+
+    def slot(self, backend: Backend) -> asyncio.Semaphore:
+        """The semaphore that bounds in-flight requests on ``backend``."""
+        sem = self._slots.get(id(backend))
+        if sem is None:
+            sem = self._slots[id(backend)] = asyncio.Semaphore(backend.max_concurrency)
+        return sem
+
+    @asynccontextmanager
+    async def session(self, sample_id: str) -> AsyncIterator[None]:
+        """Both roles' sessions for one sample (see :meth:`Role.session`)."""
+        async with AsyncExitStack() as stack:
+            for role in self.roles.values():
+                await stack.enter_async_context(role.session(sample_id))
+            yield
+
+    async def run_sample(self, sample: Sample) -> SampleResult:
+        """Synthesise one response. Failures come back as a result with a reason, not raised."""
+        async with self.session(sample.id):
+            return await SampleRun(
+                sample, self.roles, mode=self.mode, limits=self.limits, streaming=self.streaming, slot=self.slot
+            ).run()
+
+    async def run(
+        self, samples: Iterable[Sample] | AsyncIterable[Sample], *, max_in_flight: int = 256
+    ) -> AsyncIterator[SampleResult]:
+        """Run many samples at once, yielding each result as soon as it is done.
+
+        At most ``max_in_flight`` samples are in progress; the next one starts as soon as one
+        finishes, so input is read lazily and memory does not grow with the input. A bug in a
+        sample (an exception that is not a failed sample) is raised here; closing the iterator
+        cancels the samples in flight.
+        """
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        results = map_unordered(
+            self.run_sample, samples, concurrency=max_in_flight, name=lambda s: f"tessy-sample-{s.id}"
+        )
+        async with aclosing(results):
+            async for result in results:
+                yield result

@@ -86,6 +86,9 @@ class Shadowed(BoundaryPredictor):
         await self.classifier.find_cut(query)
         return await self.lexicon.find_cut(query)
 
+    async def release(self, sample_id: str) -> None:
+        await self.classifier.release(sample_id)
+
 
 class Timed(BoundaryPredictor):
     """Wraps a predictor and adds up how long each sample waited for it."""
@@ -100,6 +103,9 @@ class Timed(BoundaryPredictor):
             return await self.inner.find_cut(query)
         finally:
             self.waits[query.sample_id] += time.perf_counter() - started
+
+    async def release(self, sample_id: str) -> None:
+        await self.inner.release(sample_id)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

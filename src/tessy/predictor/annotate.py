@@ -34,7 +34,7 @@ from ..backends import GenerateRequest, Prompt
 from ..boundary.lexicon import LexiconPredictor
 from ..engine import Role
 from ..errors import BackendError, ConfigError, TessyError
-from .files import JsonlWriter, read_jsonl
+from ..jsonl import JsonlWriter, read_jsonl
 from .labels import Window, cut_windows
 
 __all__ = [

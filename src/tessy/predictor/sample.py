@@ -22,8 +22,8 @@ from ..config import RoleConfig
 from ..data import BadLine, PromptSource, read_prompts
 from ..engine import Role
 from ..errors import BackendError, ConfigError, DataError
+from ..jsonl import JsonlWriter, read_jsonl
 from ..records import Sample, Source
-from .files import JsonlWriter, read_jsonl
 
 __all__ = ["SampleSummary", "asample_traces", "sample_traces"]
 

@@ -275,7 +275,7 @@ def test_strict_mode_reads_a_clean_file(tmp_path: Path) -> None:
 # -- output records ----------------------------------------------------------------------------
 
 
-def test_result_record_fields_in_order() -> None:
+def test_a_records_fields_are_in_order() -> None:
     result = ok_result("s1", source="web", level=2)
     rec = Record.from_result(result, "cafe", "tessy").to_json()
     keys = list(rec)

@@ -69,7 +69,7 @@ class Record:
         return cls(
             id=sample.id,
             messages=[*sample.messages, assistant],
-            mode=Mode(mode).value if isinstance(mode, Mode) else mode,
+            mode=Mode(mode).value,
             spans=list(result.spans),
             stats=result.stats,
             config_hash=config_hash,
@@ -161,7 +161,7 @@ class FailureRecord:
             config_hash=config_hash,
             messages=list(sample.messages),
             fields=dict(sample.fields),
-            mode=Mode(mode).value if isinstance(mode, Mode) else mode,
+            mode=Mode(mode).value,
             spans=list(result.spans),
             stats=result.stats,
         )

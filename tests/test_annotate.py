@@ -12,6 +12,7 @@ from tessy import BackendError, Role, get_format
 from tessy.backends import GenerateRequest
 from tessy.boundary import LexiconPredictor
 from tessy.fakes import ScriptedBackend
+from tessy.jsonl import read_jsonl
 from tessy.predictor.annotate import (
     JUDGE_EXAMPLES,
     JudgeOutputError,
@@ -22,7 +23,6 @@ from tessy.predictor.annotate import (
     parse_judge_output,
     rejected_path,
 )
-from tessy.predictor.files import read_jsonl
 
 # -- the parser --------------------------------------------------------------------------
 

@@ -195,7 +195,7 @@ async def test_the_engine_batches_queries_from_many_samples(checkpoint: Path):
         await sp.aclose()
         await tp.aclose()
         assert all(r.ok for r in results.values()), [r.failure for r in results.values()]
-        return {k: (r.response, [s.to_dict() for s in r.spans]) for k, r in results.items()}, tp
+        return {k: (r.response, [s.to_json() for s in r.spans]) for k, r in results.items()}, tp
 
     batched, tp = await run(16)
     single, _ = await run(1)

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from tessy import DataError, Sample, SampleResult, SampleStats, Span
-from tessy.data import BadLine, OutputStore, prompt_id, read_prompts, result_record, sidecar_paths
-from tessy.records import Failure
+from tessy.data import BadLine, OutputStore, prompt_id, read_prompts, sidecar_paths
+from tessy.records import Failure, Record
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -275,9 +275,9 @@ def test_strict_mode_reads_a_clean_file(tmp_path: Path) -> None:
 # -- output records ----------------------------------------------------------------------------
 
 
-def test_result_record_fields_in_order() -> None:
+def test_a_records_fields_are_in_order() -> None:
     result = ok_result("s1", source="web", level=2)
-    rec = result_record(result, "cafe", "tessy")
+    rec = Record.from_result(result, "cafe", "tessy").to_json()
     keys = list(rec)
     assert keys[0] == "id"
     assert rec["id"] == "s1"
@@ -310,7 +310,7 @@ def test_result_record_fields_in_order() -> None:
 
 def test_reserved_input_fields_are_moved_under_input() -> None:
     result = ok_result("s1", mode="exam", stats={"n": 1}, spans="x", input="raw", response="gold", source="web")
-    rec = result_record(result, "cafe", "teacher-think")
+    rec = Record.from_result(result, "cafe", "teacher-think").to_json()
     assert rec["input"] == {"mode": "exam", "stats": {"n": 1}, "spans": "x", "input": "raw", "response": "gold"}
     # The record's own fields are not overwritten by the input's.
     assert rec["mode"] == "teacher-think"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tessy.models import MissingModelError, resolve
+from tessy.records import Record
 from tessy.view import render_view
 
 
@@ -26,7 +27,7 @@ def test_view_escapes_model_text():
         ],
         "stats": {"teacher_tokens": 7},
     }
-    page = render_view([record], title="t")
+    page = render_view([Record.from_json(record)], title="t")
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "a &lt; b &amp;&amp; c &gt; d" in page and "&lt;b&gt;hi&lt;/b&gt;" in page
     assert 'class="span teacher"' in page and 'class="span student answer"' in page

@@ -14,7 +14,7 @@ from tessy.backends import GenerateRequest
 from tessy.boundary import LexiconPredictor
 from tessy.cli import main
 from tessy.fakes import ScriptedBackend
-from tessy.predictor.files import read_jsonl
+from tessy.jsonl import read_jsonl
 from tessy.predictor.sample import asample_traces
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -89,7 +89,7 @@ def test_report_on_three_modes_has_every_part(runs: dict[str, Path], tmp_path: P
         "Failures by reason",
     ):
         assert label in html
-    shares = {s.name: s.teacher_share for s in report.stats}
+    shares = {f.name: f.stats.teacher_share for f in report.figures}
     assert shares["teacher-only"] == 1.0 and shares["student-only"] == 0.0 and 0 < shares["tessy"] < 1
     # Style measures between runs on the same prompts.
     assert report.similarity is not None and report.similarity.common == 5
@@ -151,8 +151,8 @@ def test_failures_by_reason_come_from_the_sidecar(tmp_path: Path) -> None:
         ],
     )
     stats = run_stats(load_run(run))
-    assert stats.failed == 4
-    assert stats.failures_by_reason == {"repetition": 2, "request_failures": 1, "bad_input": 1}
+    assert stats.n_failed == 4
+    assert stats.failed == {"repetition": 2, "request_failures": 1, "bad_input": 1}
     assert stats.requests == 4 + 5
     html = build_report([load_run(run)]).html
     assert "repetition" in html and "request_failures" in html and "token_budget" not in html
@@ -237,7 +237,7 @@ def test_damaged_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     run = tmp_path / "out.jsonl"
     run.write_text(json.dumps(good) + '\n{"id": "torn", "messa\nnot json\n[1, 2]\n', encoding="utf-8")
     loaded = load_run(run)
-    assert [r["id"] for r in loaded.records] == ["a"] and loaded.damaged_lines == 3
+    assert [r.id for r in loaded.records] == ["a"] and loaded.damaged_lines == 3
     assert "damaged lines skipped" in build_report([loaded]).html
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,6 +21,8 @@ from tessy.backends import Backend
 from tessy.build import build_engine, build_role
 from tessy.cli import main
 from tessy.data import read_prompts
+from tessy.records import RunStats
+from tessy.report.runs import load_run, run_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = ROOT / "examples" / "offline.yaml"
@@ -551,6 +554,21 @@ async def test_failed_samples_go_to_the_sidecar_and_are_skipped_on_rerun(tmp_pat
     last = await tessy.asynthesize(offline(out, "data.retry_failed=true"))
     assert last.written == 0
     assert last.skipped_done == 5
+
+
+async def test_the_live_counters_are_the_reports_counters_of_the_same_run(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    config = offline(out, "teacher.chunk_tokens=3")
+    engine, _ = failing_engine(config, {"reverse"})
+    try:
+        summary = await tessy.asynthesize(config, engine=engine)
+    finally:
+        await engine.aclose()
+    assert summary.written == 4 and summary.failed == {"request_failed": 1}
+    read = run_stats(load_run(out))
+    names = [f.name for f in dataclasses.fields(RunStats)]
+    assert {n: getattr(summary, n) for n in names} == {n: getattr(read, n) for n in names}
+    assert read.think_tokens > read.teacher_think_tokens > 0 and read.requests > summary.written
 
 
 async def test_retry_failed_that_fails_again_is_recorded_again(tmp_path: Path) -> None:

@@ -3,10 +3,10 @@
 Input is read lazily, one prompt at a time, from a JSONL file, a Parquet file, a folder (one
 saved with ``datasets``' ``save_to_disk``, or data files that ``datasets.load_dataset`` reads)
 or a dataset on the Hugging Face Hub, streamed (see :class:`PromptSource`); all but JSONL need
-the ``datasets`` package. Output is append-only JSONL: every record is
-written with one ``write`` of a whole line, so the file is valid JSONL after every record; a
-line torn by a crash (possible only on power loss or a full disk) is found and cut off on the
-next run. Finished ids are skipped on resume; samples that failed go to a sidecar file with
+the ``datasets`` package. Output is append-only JSONL (:mod:`tessy.jsonl`) of the records of
+:mod:`tessy.records`: every record is written with one ``write`` of a whole line, so the file is
+valid JSONL after every record; a line torn by a crash (possible only on power loss or a full
+disk) is found and cut off on the next run. Finished ids are skipped on resume; samples that failed go to a sidecar file with
 their reason, and so do malformed input lines, so every input line ends up somewhere.
 
 Files beside ``OUT.jsonl``: ``OUT.failed.jsonl`` (failures) and ``OUT.config.json`` (the
@@ -20,31 +20,27 @@ import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError
-from .records import Message, Sample, SampleResult
+from .jsonl import JsonlWriter, scan_ids
+from .records import FailureRecord, Message, Mode, Record, Sample, SampleResult
 
 __all__ = [
     "BadLine",
     "OutputStore",
     "PromptSource",
-    "iter_records",
     "prompt_id",
     "read_prompts",
-    "result_record",
     "sidecar_paths",
 ]
 
 logger = logging.getLogger(__name__)
 
 _ROLES = {"system", "user", "assistant"}
-#: Output fields the record sets itself; input fields of these names are kept under "input".
-RESERVED = frozenset({"id", "messages", "spans", "stats", "config_hash", "mode", "input", "failure", "response"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,133 +320,10 @@ def read_prompts(
             yield bad
 
 
-def result_record(result: SampleResult, config_hash: str, mode: str) -> dict[str, Any]:
-    """The output record of a finished sample (design.md section 3), id first."""
-    sample = result.sample
-    record: dict[str, Any] = {"id": sample.id}
-    kept = {k: v for k, v in sample.fields.items() if k not in RESERVED}
-    record.update(kept)
-    moved = {k: v for k, v in sample.fields.items() if k in RESERVED}
-    if moved:
-        record["input"] = moved
-    assistant = {"role": "assistant", "content": result.response or ""}
-    record["messages"] = [*sample.messages, assistant]
-    record["mode"] = mode
-    record["spans"] = [s.to_dict() for s in result.spans]
-    record["stats"] = result.stats.to_dict()
-    record["config_hash"] = config_hash
-    return record
-
-
-def failure_record(result: SampleResult, config_hash: str, mode: str) -> dict[str, Any]:
-    sample = result.sample
-    return {
-        "id": sample.id,
-        "failure": str(result.failure),
-        "messages": sample.messages,
-        "fields": sample.fields,
-        "mode": mode,
-        "spans": [s.to_dict() for s in result.spans],
-        "stats": result.stats.to_dict(),
-        "config_hash": config_hash,
-    }
-
-
-def iter_records(path: Path, *, damaged: list[int] | None = None) -> Iterator[dict[str, Any]]:
-    """The records of an output (or failure) file, lazily: JSON objects with an ``id``.
-
-    Other lines (torn, not JSON, no id) are logged and skipped; their line numbers are added to
-    ``damaged`` when it is given.
-    """
-    if not path.is_file():
-        raise DataError(f"{path} {'is a folder' if path.is_dir() else 'does not exist'}; give a JSONL output file")
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8", errors="replace"))
-            except json.JSONDecodeError:
-                obj = None
-            if not isinstance(obj, dict) or "id" not in obj:
-                logger.warning("%s:%d is not a record; it is skipped", path, line_no)
-                if damaged is not None:
-                    damaged.append(line_no)
-                continue
-            yield obj
-
-
 def sidecar_paths(output: Path) -> tuple[Path, Path]:
     """The failure file and the config file that go with an output file."""
     stem = output.name[: -len(output.suffix)] if output.suffix else output.name
     return output.with_name(f"{stem}.failed.jsonl"), output.with_name(f"{stem}.config.json")
-
-
-_ID_PREFIX = re.compile(r'^\{"id":\s*("(?:[^"\\]|\\.)*")')
-_HASH_SUFFIX = re.compile(r'"config_hash":\s*"([^"]*)"\}\s*$')
-
-
-def _scan(path: Path, *, repair: bool) -> tuple[set[str], set[str]]:
-    """Ids and config hashes of the records in ``path``.
-
-    A torn *last* line (a record cut short by a crash) is cut off when ``repair`` is on, so
-    its sample runs again. A damaged line elsewhere is left as it is, with a warning: the
-    records after it are good and must not be lost.
-    """
-    ids: set[str] = set()
-    hashes: set[str] = set()
-    if not path.exists():
-        return ids, hashes
-    if path.is_dir():
-        raise DataError(f"the output {path} is a folder; give a file name")
-    good_end = 0  # byte offset just after the last good line
-    torn: str | None = None
-    damaged: list[int] = []
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if torn is not None:  # the damaged line was not the last one
-                damaged.append(line_no - 1)
-                torn = None
-            line = raw.decode("utf-8", errors="replace")
-            if not line.strip():
-                good_end += len(raw)
-                continue
-            record = _ids_of(line) if line.endswith("\n") else None
-            if record is None:
-                torn = "no newline at the end" if not line.endswith("\n") else "not a complete JSON record"
-                continue
-            ids.add(record[0])
-            hashes.add(record[1])
-            good_end += len(raw)
-    for line_no in damaged:
-        logger.warning("%s: line %d is damaged; it is left as it is and its sample will run again", path, line_no)
-    if torn is not None:
-        size = path.stat().st_size
-        if not repair:
-            raise DataError(f"{path} has a damaged last record at byte {good_end} ({torn})")
-        logger.warning(
-            "%s: cutting off a damaged last record (%d bytes, %s) left by an interrupted run; "
-            "its sample will run again",
-            path,
-            size - good_end,
-            torn,
-        )
-        with path.open("r+b") as f:
-            f.truncate(good_end)
-    return ids, hashes
-
-
-def _ids_of(line: str) -> tuple[str, str] | None:
-    """``(id, config_hash)`` of a record line, or ``None`` if it is not a whole record."""
-    m, h = _ID_PREFIX.match(line), _HASH_SUFFIX.search(line)
-    if m is not None and h is not None:
-        return json.loads(m.group(1)), h.group(1)
-    # Not one of our fast-path lines: decode it fully.
-    try:
-        obj = json.loads(line)
-        return str(obj["id"]), str(obj.get("config_hash", ""))
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return None
 
 
 class OutputStore:
@@ -464,7 +337,9 @@ class OutputStore:
         #: Ids already in the output (finished) and in the failure file.
         self.done_ids: set[str] = set()
         self.failed_ids: set[str] = set()
-        self._fds: dict[Path, int] = {}
+        # Each file is made by its first line: a run without failures leaves no failure file.
+        self._records = JsonlWriter(output, fsync=fsync, create=False)
+        self._failures = JsonlWriter(self.failed_path, fsync=fsync, create=False)
 
     @classmethod
     def open(
@@ -476,10 +351,12 @@ class OutputStore:
         allow_config_change: bool = False,
         fsync: bool = False,
     ) -> OutputStore:
-        store = cls(output, config_hash=config_hash, fsync=fsync)
+        if output.is_dir():
+            raise DataError(f"the output {output} is a folder; give a file name")
         output.parent.mkdir(parents=True, exist_ok=True)
-        store.done_ids, hashes = _scan(output, repair=True)
-        store.failed_ids, failed_hashes = _scan(store.failed_path, repair=True)
+        store = cls(output, config_hash=config_hash, fsync=fsync)
+        store.done_ids, hashes = scan_ids(output)
+        store.failed_ids, failed_hashes = scan_ids(store.failed_path)
         # The records themselves say which config made them; an output with none mixes nothing.
         others = (hashes | failed_hashes) - {config_hash}
         if others and not allow_config_change:
@@ -497,48 +374,19 @@ class OutputStore:
         tmp.write_text(text + "\n", encoding="utf-8")
         os.replace(tmp, self.config_path)
 
-    def _fd(self, path: Path) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
-            fd = self._fds[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        return fd
-
-    def _append(self, path: Path, record: dict[str, Any]) -> None:
-        try:
-            data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        except UnicodeEncodeError:
-            # Text with lone surrogates (valid in JSON input as "\ud800") cannot be UTF-8:
-            # write this record with ASCII escapes, which any JSON reader turns back.
-            data = (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
-        fd = self._fd(path)
-        written = os.write(fd, data)
-        while written < len(data):  # a short write (full disk, signals) must not tear a record
-            written += os.write(fd, data[written:])
-        if self.fsync:
-            os.fsync(fd)
-
-    def write(self, result: SampleResult, mode: str) -> None:
+    def write(self, result: SampleResult, mode: Mode | str) -> None:
         """Append a finished sample to the output, or a failed one to the failure file."""
         if result.ok:
-            self._append(self.output, result_record(result, self.config_hash, mode))
+            self._records.write(Record.from_result(result, self.config_hash, mode).to_json())
         else:
-            self._append(self.failed_path, failure_record(result, self.config_hash, mode))
+            self._failures.write(FailureRecord.from_result(result, self.config_hash, mode).to_json())
 
     def write_bad_line(self, bad: BadLine) -> None:
-        self._append(
-            self.failed_path,
-            {
-                "id": bad.key,
-                "failure": f"bad_input: {bad.error}",
-                "raw": bad.raw,
-                "config_hash": self.config_hash,
-            },
-        )
+        self._failures.write(FailureRecord.bad_input(bad.key, bad.error, bad.raw, self.config_hash).to_json())
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        self._records.close()
+        self._failures.close()
 
     def __enter__(self) -> OutputStore:
         return self

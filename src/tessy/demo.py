@@ -21,8 +21,8 @@ from typing import Any
 from .backends.llamacpp import LlamaCppBackend
 from .build import build_engine
 from .config import SynthConfig, validate_config
-from .data import iter_records
 from .models import CATALOGUE, resolve
+from .records import Record, RunStats, read_records
 from .synth import RunSummary, asynthesize
 from .view import render_view
 
@@ -80,15 +80,16 @@ def demo_config(
     )
 
 
-def _summarize(records: list[dict[str, Any]], run: RunSummary, servers_s: float) -> dict[str, Any]:
-    teacher = sum(r["stats"]["teacher_tokens"] for r in records)
-    student = sum(r["stats"]["student_tokens"] for r in records)
-    n = len(records)
+def _summarize(records: list[Record], run: RunSummary, servers_s: float) -> dict[str, Any]:
+    """The demo's numbers: the data's (every record in the output, earlier runs' too) and this run's."""
+    data = RunStats()
+    for r in records:
+        data.add(r)
     return {
-        "samples": n,
-        "with both sources": sum(1 for r in records if {s["source"] for s in r["spans"]} == {"teacher", "student"}),
-        "teacher token share": round(teacher / (teacher + student), 3) if teacher + student else 0.0,
-        "switches per sample": round(sum(r["stats"]["switches"] for r in records) / n, 2) if n else 0.0,
+        "samples": data.written,
+        "with both sources": sum(1 for r in records if {s.source for s in r.spans} == {"teacher", "student"}),
+        "teacher token share": round(data.teacher_share, 3),
+        "switches per sample": round(data.switches_per_sample, 2),
         "failed (this run)": run.n_failed,
         "tokens/s (this run)": round(run.tokens_per_s, 1),
         "server start (s)": round(servers_s, 1),
@@ -136,7 +137,7 @@ def _prepare(output_dir: Path, models: tuple[str, ...], fresh: bool) -> None:
 
 def _finish(output_dir: Path, run: RunSummary, servers_s: float) -> DemoResult:
     data = output_dir / "data.jsonl"
-    records = list(iter_records(data)) if data.exists() else []
+    records = list(read_records(data, missing_ok=True))
     summary = _summarize(records, run, servers_s)
     view = output_dir / "view.html"
     view.write_text(render_view(records, title="tessy demo", summary=summary), encoding="utf-8")

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import RESERVED, iter_records
 from .errors import ConfigError, DataError, MissingDependencyError
+from .jsonl import write_atomic
+from .records import Record, read_records
 
 __all__ = ["FORMATS", "ExportResult", "export_run"]
 
@@ -49,31 +50,29 @@ class ExportResult:
     extra: list[Path] = field(default_factory=list)
 
 
-def _records(path: Path) -> Iterator[dict[str, Any]]:
+def _records(path: Path) -> Iterator[Record]:
     """The run's finished records, lazily (a record without an assistant message is skipped)."""
-    for record in iter_records(path):
-        messages = record.get("messages")
-        last = messages[-1] if isinstance(messages, list) and messages else None
-        if isinstance(last, dict) and last.get("role") == "assistant":
+    for record in read_records(path):
+        if record.response is not None:
             yield record
             continue
-        logger.warning("%s: record %s has no assistant message; it is not exported", path, record.get("id"))
+        logger.warning("%s: record %s has no assistant message; it is not exported", path, record.id)
 
 
-def _messages(record: dict[str, Any]) -> list[dict[str, str]]:
-    return [{"role": str(m["role"]), "content": str(m["content"])} for m in record["messages"]]
+def _messages(record: Record) -> list[dict[str, str]]:
+    return [{"role": m["role"], "content": m["content"]} for m in record.messages]
 
 
-def _trl(record: dict[str, Any]) -> dict[str, Any]:
+def _trl(record: Record) -> dict[str, Any]:
     return {"messages": _messages(record)}
 
 
-def _prompt_completion(record: dict[str, Any]) -> dict[str, Any]:
+def _prompt_completion(record: Record) -> dict[str, Any]:
     messages = _messages(record)
     return {"prompt": messages[:-1], "completion": messages[-1:]}
 
 
-def _sharegpt(record: dict[str, Any]) -> dict[str, Any] | None:
+def _sharegpt(record: Record) -> dict[str, Any] | None:
     """LLaMA-Factory's sharegpt row, or ``None`` when the turns do not alternate human, gpt, ..."""
     messages = _messages(record)
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
@@ -87,41 +86,16 @@ def _sharegpt(record: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def _full(record: dict[str, Any]) -> dict[str, Any]:
-    fields = {k: v for k, v in record.items() if k not in RESERVED}
-    if isinstance(record.get("input"), dict):
-        fields.update(record["input"])
-    stats = dict(record.get("stats") or {})
-    stats["guards"] = [str(g) for g in stats.get("guards", ())]
+def _full(record: Record) -> dict[str, Any]:
     return {
-        "id": str(record["id"]),
+        "id": record.id,
         "messages": _messages(record),
-        "spans": [
-            {
-                "source": str(s.get("source", "")),
-                "phase": str(s.get("phase", "")),
-                "text": str(s.get("text", "")),
-                "tokens": int(s.get("tokens", 0)),
-            }
-            for s in record.get("spans") or ()
-        ],
-        "stats": stats,
-        "mode": str(record.get("mode", "")),
-        "config_hash": str(record.get("config_hash", "")),
-        "fields": json.dumps(fields, ensure_ascii=False, sort_keys=True),
+        "spans": [s.to_json() for s in record.spans],
+        "stats": record.stats.to_json(),
+        "mode": record.mode,
+        "config_hash": record.config_hash,
+        "fields": json.dumps(record.fields, ensure_ascii=False, sort_keys=True),
     }
-
-
-def _write_jsonl(path: Path, rows: Iterator[dict[str, Any]]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
 
 
 def _dataset_info_entry(data_file: Path, *, with_system: bool) -> dict[str, Any]:
@@ -177,14 +151,14 @@ def export_run(run: Path, fmt: str, out: Path, *, name: str | None = None, inclu
                 row = _sharegpt(record)
                 if row is None:
                     skipped += 1
-                    logger.warning("sample %s: turns do not alternate user/assistant; left out", record.get("id"))
+                    logger.warning("sample %s: turns do not alternate user/assistant; left out", record.id)
                     continue
                 has_system = has_system or bool(row["system"])
                 if include_id:
-                    row["id"] = str(record["id"])
+                    row["id"] = record.id
                 yield row
 
-        n = _write_jsonl(out, rows())
+        n = write_atomic(out, rows())
         stem = out.name.split(".")[0] or "tessy"
         info = _update_dataset_info(out, name or stem, _dataset_info_entry(out, with_system=has_system))
         return ExportResult(fmt, out, n, skipped, [info])
@@ -194,10 +168,10 @@ def export_run(run: Path, fmt: str, out: Path, *, name: str | None = None, inclu
         for record in _records(run):
             row = convert(record)
             if include_id:
-                row = {"id": str(record["id"]), **row}
+                row = {"id": record.id, **row}
             yield row
 
-    return ExportResult(fmt, out, _write_jsonl(out, converted()))
+    return ExportResult(fmt, out, write_atomic(out, converted()))
 
 
 def _export_parquet(run: Path, out: Path) -> ExportResult:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from .config import SynthConfig
 from .data import BadLine, OutputStore, PromptSource, read_prompts
 from .engine import Engine
 from .errors import ConfigError, DataError
-from .records import Sample, SampleResult
+from .records import RunStats, Sample
 
 __all__ = ["RunSummary", "asynthesize", "count_prompts", "synthesize"]
 
@@ -24,31 +23,19 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RunSummary:
-    """Counters of a run, updated as it goes (progress callbacks receive it)."""
+class RunSummary(RunStats):
+    """The counters of a run (:class:`RunStats`, added to as each sample ends) and its
+    bookkeeping: where it writes, what it skipped, how long it took. Progress callbacks
+    receive it."""
 
     config_hash: str = ""
     output: Path | None = None
     failed_path: Path | None = None
     total: int | None = None
-    written: int = 0
-    failed: Counter[str] = field(default_factory=Counter)
     skipped_done: int = 0
     skipped_failed: int = 0
     bad_lines: int = 0
-    teacher_tokens: int = 0
-    student_tokens: int = 0
-    switches: int = 0
-    requests: int = 0
-    discarded_tokens: int = 0
-    #: Requests whose prompt did not extend the same role's previous prompt (see SampleStats).
-    prefix_misses: int = 0
-    guards: Counter[str] = field(default_factory=Counter)
     wall_s: float = 0.0
-
-    @property
-    def n_failed(self) -> int:
-        return sum(self.failed.values())
 
     @property
     def processed(self) -> int:
@@ -56,30 +43,8 @@ class RunSummary:
         return self.written + self.n_failed + self.skipped_done + self.skipped_failed + self.bad_lines
 
     @property
-    def teacher_share(self) -> float:
-        total = self.teacher_tokens + self.student_tokens
-        return self.teacher_tokens / total if total else 0.0
-
-    @property
-    def switches_per_sample(self) -> float:
-        return self.switches / self.written if self.written else 0.0
-
-    @property
     def tokens_per_s(self) -> float:
-        return (self.teacher_tokens + self.student_tokens) / self.wall_s if self.wall_s else 0.0
-
-    def add(self, result: SampleResult) -> None:
-        if result.ok:
-            self.written += 1
-            self.teacher_tokens += result.stats.teacher_tokens
-            self.student_tokens += result.stats.student_tokens
-            self.switches += result.stats.switches
-        else:
-            self.failed[result.failure.kind if result.failure else "unknown"] += 1
-        self.requests += result.stats.requests
-        self.discarded_tokens += result.stats.discarded_tokens
-        self.prefix_misses += result.stats.prefix_misses
-        self.guards.update(result.stats.guards)
+        return self.total_tokens / self.wall_s if self.wall_s else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {

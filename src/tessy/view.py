@@ -9,6 +9,8 @@ import html
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .records import Record, Span
+
 __all__ = ["SPAN_CSS", "render_spans", "render_view"]
 
 #: Styles for spans (shared by every page that shows them).
@@ -30,27 +32,22 @@ table.summary td { padding: .1em .8em .1em 0; }
 """
 
 
-def render_spans(spans: Iterable[Mapping[str, Any]]) -> str:
+def render_spans(spans: Iterable[Span]) -> str:
     """Spans as coloured, escaped HTML: teacher and student text, the answer outlined."""
     out = []
     for span in spans:
-        source = "teacher" if span.get("source") == "teacher" else "student"
-        classes = f"span {source}" + (" answer" if span.get("phase") == "answer" else "")
-        title = f"{source}, {span.get('phase', 'think')}, {span.get('tokens', '?')} tokens"
-        out.append(
-            f'<span class="{classes}" title="{html.escape(title)}">{html.escape(str(span.get("text", "")))}</span>'
-        )
+        classes = f"span {span.source}" + (" answer" if span.phase == "answer" else "")
+        title = f"{span.source}, {span.phase}, {span.tokens} tokens"
+        out.append(f'<span class="{classes}" title="{html.escape(title)}">{html.escape(span.text)}</span>')
     return "".join(out)
 
 
-def _prompt_text(record: Mapping[str, Any]) -> str:
-    messages = record.get("messages") or []
-    turns = [m for m in messages[:-1] if isinstance(m, dict)]
-    return "\n\n".join(f"[{m.get('role')}] {m.get('content', '')}" for m in turns)
+def _prompt_text(record: Record) -> str:
+    return "\n\n".join(f"[{m['role']}] {m['content']}" for m in record.prompt)
 
 
 def render_view(
-    records: Iterable[Mapping[str, Any]], *, title: str = "tessy data", summary: Mapping[str, Any] | None = None
+    records: Iterable[Record], *, title: str = "tessy data", summary: Mapping[str, Any] | None = None
 ) -> str:
     """One HTML page showing each record's prompt, its spans and its statistics."""
     parts = [
@@ -66,17 +63,17 @@ def render_view(
         )
         parts.append(f"<table class='summary'>{rows}</table>")
     for record in records:
-        stats = record.get("stats") or {}
-        stat_text = ", ".join(
-            f"{k} {v}"
-            for k, v in stats.items()
-            if k in ("teacher_tokens", "student_tokens", "switches", "requests", "discarded_tokens", "guards")
+        stats = record.stats
+        stat_text = (
+            f"teacher_tokens {stats.teacher_tokens}, student_tokens {stats.student_tokens}, "
+            f"switches {stats.switches}, requests {stats.requests}, "
+            f"discarded_tokens {stats.discarded_tokens}, guards {stats.guards}"
         )
         parts.append(
             "<div class='sample'>"
-            f"<div class='meta'>id {html.escape(str(record.get('id')))} · mode {html.escape(str(record.get('mode', '')))}</div>"
+            f"<div class='meta'>id {html.escape(record.id)} · mode {html.escape(record.mode)}</div>"
             f"<div class='prompt'>{html.escape(_prompt_text(record))}</div>"
-            f"<p class='text'>{render_spans(record.get('spans') or [])}</p>"
+            f"<p class='text'>{render_spans(record.spans)}</p>"
             f"<div class='stats'>{html.escape(stat_text)}</div></div>"
         )
     parts.append("</body></html>")

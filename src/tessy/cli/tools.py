@@ -107,15 +107,15 @@ def _report(args: argparse.Namespace) -> int:
     for col in ("run", "mode", "samples", "failed", "teacher share", "switches/sample", "NLL/token"):
         table.add_column(col)
     nll = {n.name: f"{n.nll:.3f}" for n in report.nll or ()}
-    for s in report.stats:
+    for f in report.figures:
         table.add_row(
-            s.name,
-            s.mode,
-            str(s.samples),
-            str(s.failed),
-            f"{s.teacher_share:.1%}",
-            f"{s.switches.mean:.1f}",
-            nll.get(s.name, "-"),
+            f.name,
+            f.mode,
+            str(f.stats.written),
+            str(f.stats.n_failed),
+            f"{f.stats.teacher_share:.1%}",
+            f"{f.switches.mean:.1f}",
+            nll.get(f.name, "-"),
         )
     print_table(table)
     print(path)

@@ -34,8 +34,8 @@ from ..backends import GenerateRequest, Prompt
 from ..boundary.lexicon import LexiconPredictor
 from ..engine import Role
 from ..errors import BackendError, ConfigError, TessyError
+from ..jsonl import JsonlWriter, read_jsonl
 from ..workers import map_unordered
-from .files import JsonlWriter, read_jsonl
 from .labels import Window, cut_windows
 
 __all__ = [

@@ -25,9 +25,9 @@ from ..boundary.base import NextTokenTypePredictor, TokenType, first_switch
 from ..boundary.classifier import ClassifierPredictor
 from ..boundary.lexicon import LexiconPredictor
 from ..errors import ConfigError, DataError
+from ..jsonl import read_jsonl
 from ..records import Source
 from ..text import TextView
-from .files import read_jsonl
 from .labels import AnnotatedWindow, first_labelled, token_types
 
 __all__ = ["Metrics", "evaluate", "evaluate_windows", "read_windows"]

@@ -23,10 +23,10 @@ from ..config import RoleConfig
 from ..data import BadLine, PromptSource, read_prompts
 from ..engine import Role
 from ..errors import BackendError, ConfigError, DataError
+from ..jsonl import JsonlWriter, read_jsonl
 from ..records import Sample, Source
 from ..retry import FailureBudget, call_with_retries
 from ..workers import map_unordered
-from .files import JsonlWriter, read_jsonl
 
 __all__ = ["SampleSummary", "asample_traces", "sample_traces"]
 

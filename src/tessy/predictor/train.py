@@ -36,8 +36,8 @@ from ..boundary.classifier import ClassifierPredictor
 from ..boundary.lexicon import LexiconPredictor
 from ..boundary.token_model import HFTokenModel, resolve_device
 from ..errors import ConfigError, DataError
+from ..jsonl import JsonlWriter
 from .evaluate import Metrics, evaluate_windows, hf_tokenize, read_windows
-from .files import JsonlWriter
 from .frozen import FrozenPrefix
 from .labels import IGNORE, AnnotatedWindow, first_labelled, next_token_labels, token_types
 

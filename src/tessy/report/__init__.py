@@ -23,7 +23,7 @@ from ..backends.base import Scorer
 from ..errors import BackendError, ConfigError, TessyError
 from ..formats import Format, get_format
 from .nll import RunNLL, run_nll
-from .runs import Run, RunStats, assistant_text, load_run, run_stats, thinking_text
+from .runs import Run, RunFigures, load_run, run_figures
 from .style import (
     STYLE_WORDS,
     Similarity,
@@ -35,7 +35,7 @@ from .style import (
     word_tokenizer,
 )
 
-__all__ = ["Report", "Run", "RunNLL", "RunStats", "build_report", "load_run", "write_report"]
+__all__ = ["Report", "Run", "RunFigures", "RunNLL", "build_report", "load_run", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Report:
     """Everything the HTML shows; ``html`` is the rendered file."""
 
     runs: list[Run]
-    stats: list[RunStats]
+    figures: list[RunFigures]
     tokenizer_name: str
     similarity: Similarity | None = None
     pca_png: str | None = None
@@ -78,7 +78,7 @@ def _viewer_ids(runs: Sequence[Run], n: int) -> list[str]:
     """Samples to show: those every run answered first (to compare), then the first run's others."""
     sets = [set(r.by_id) for r in runs]
     common = set.intersection(*sets) if sets else set()
-    order = [str(rec["id"]) for rec in runs[0].records] if runs else []
+    order = [rec.id for rec in runs[0].records] if runs else []
     ids = [i for i in order if i in common][:n]
     ids += [i for i in order if i not in common][: n - len(ids)]
     return ids
@@ -107,13 +107,13 @@ def build_report(
     from .html import render_html
 
     split = tokenizer or word_tokenizer
-    stats = [run_stats(r) for r in runs]
+    figures = [run_figures(r) for r in runs]
     report = Report(
-        list(runs), stats, tokenizer_name if tokenizer else "a word tokenizer (lower-cased words and punctuation)"
+        list(runs), figures, tokenizer_name if tokenizer else "a word tokenizer (lower-cased words and punctuation)"
     )
     names = [r.name for r in runs]
 
-    responses = [{str(rec["id"]): split(assistant_text(rec)) for rec in r.records} for r in runs]
+    responses = [{rec.id: split(rec.response or "") for rec in r.records} for r in runs]
     report.similarity = tfidf_similarity(names, responses)
     points = pca_points([list(d.values()) for d in responses])
     if points is not None:
@@ -121,7 +121,7 @@ def build_report(
 
     rates: list[dict[str, float]] = []
     for r in runs:
-        thinking = [thinking_text(rec) for rec in r.records]
+        thinking = [rec.thinking for rec in r.records]
         n_tokens = sum(len(split(t)) for t in thinking)
         rates.append(style_rates(thinking, n_tokens))
     report.style = rates
@@ -132,15 +132,9 @@ def build_report(
     report.hist_png = plots.histograms(
         names,
         [
-            (
-                "switches per sample",
-                [[float(rec.get("stats", {}).get("switches", 0)) for rec in r.records] for r in runs],
-            ),
+            ("switches per sample", [[float(rec.stats.switches) for rec in r.records] for r in runs]),
             ("response length (report tokens)", [[float(len(t)) for t in d.values()] for d in responses]),
-            (
-                "requests per sample",
-                [[float(rec.get("stats", {}).get("requests", 0)) for rec in r.records] for r in runs],
-            ),
+            ("requests per sample", [[float(rec.stats.requests) for rec in r.records] for r in runs]),
         ],
     )
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..view import SPAN_CSS, render_spans
 from .plots import colour
-from .runs import Run, RunStats, prompt_messages
+from .runs import Run, RunFigures
 
 if TYPE_CHECKING:
     from . import Report
@@ -60,21 +60,22 @@ def _img(png: str | None, alt: str) -> str:
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{png}">'
 
 
-def _stats_section(stats: Sequence[RunStats], hist_png: str | None) -> str:
+def _stats_section(figures: Sequence[RunFigures], hist_png: str | None) -> str:
     def dist(d: Any, digits: int = 1) -> str:
         return f"{_num(d.mean, digits)} (median {_num(d.median, 0)}, p90 {_num(d.p90, 0)}, max {_num(d.max, 0)})"
 
+    stats = [f.stats for f in figures]
     metrics: list[tuple[str, list[str]]] = [
-        ("mode", [s.mode for s in stats]),
-        ("samples written", [f"{s.samples:,}" for s in stats]),
-        ("samples failed", [f"{s.failed:,}" for s in stats]),
+        ("mode", [f.mode for f in figures]),
+        ("samples written", [f"{s.written:,}" for s in stats]),
+        ("samples failed", [f"{s.n_failed:,}" for s in stats]),
         ("teacher token share", [f"{s.teacher_share:.1%}" for s in stats]),
         ("teacher share of thinking", [f"{s.teacher_think_share:.1%}" for s in stats]),
-        ("student token share", [f"{1 - s.teacher_share:.1%}" if s.samples else "–" for s in stats]),
-        ("switches per sample", [dist(s.switches) for s in stats]),
-        ("response tokens per sample", [dist(s.response_tokens) for s in stats]),
-        ("response characters per sample", [dist(s.response_chars, 0) for s in stats]),
-        ("requests per sample", [dist(s.requests_per_sample) for s in stats]),
+        ("student token share", [f"{1 - s.teacher_share:.1%}" if s.written else "–" for s in stats]),
+        ("switches per sample", [dist(f.switches) for f in figures]),
+        ("response tokens per sample", [dist(f.response_tokens) for f in figures]),
+        ("response characters per sample", [dist(f.response_chars, 0) for f in figures]),
+        ("requests per sample", [dist(f.requests_per_sample) for f in figures]),
         ("requests in all", [f"{s.requests:,}" for s in stats]),
         ("failed requests", [f"{s.failed_requests:,}" for s in stats]),
         ("discarded tokens", [f"{s.discarded_tokens:,} ({s.discarded_per_kept:.2f} per kept token)" for s in stats]),
@@ -83,21 +84,21 @@ def _stats_section(stats: Sequence[RunStats], hist_png: str | None) -> str:
             [", ".join(f"{k}: {v}" for k, v in sorted(s.guards.items())) or "none" for s in stats],
         ),
     ]
-    if any(s.damaged_lines for s in stats):
-        metrics.append(("damaged lines skipped", [str(s.damaged_lines) for s in stats]))
+    if any(f.damaged_lines for f in figures):
+        metrics.append(("damaged lines skipped", [str(f.damaged_lines) for f in figures]))
     parts = [
         "<h2>Runs</h2>",
         '<p class="note">Token counts are the engine\'s: each role counts in its own tokenizer. '
         "Discarded tokens were generated and thrown away past a cut or an end of thinking.</p>",
-        _table(["", *(s.name for s in stats)], [(k, *v) for k, v in metrics]),
+        _table(["", *(f.name for f in figures)], [(k, *v) for k, v in metrics]),
     ]
-    reasons = sorted({r for s in stats for r in s.failures_by_reason})
+    reasons = sorted({r for s in stats for r in s.failed})
     parts.append("<h3>Failures by reason</h3>")
     if reasons:
         parts.append(
             _table(
-                ["reason", *(s.name for s in stats)],
-                [(r, *(str(s.failures_by_reason.get(r, 0)) for s in stats)) for r in reasons],
+                ["reason", *(f.name for f in figures)],
+                [(r, *(str(s.failed.get(r, 0)) for s in stats)) for r in reasons],
             )
         )
     else:
@@ -122,7 +123,7 @@ def _style_section(report: Report) -> str:
             rows.append((escape(name), *(_num(v, 3) for v in sim.matrix[i])))
         parts.append(f"<h3>TF-IDF cosine similarity ({sim.common:,} shared prompts)</h3>")
         parts.append(_table(["", *sim.names], rows, raw=True))
-        students = [s.name for s in report.stats if s.mode == "student-only"]
+        students = [f.name for f in report.figures if f.mode == "student-only"]
         if students:
             parts.append(
                 f'<p class="note">The column of {escape(students[0])} (the student writing alone) says how '
@@ -134,7 +135,7 @@ def _style_section(report: Report) -> str:
     parts.append("<h3>Style words per 1,000 tokens of thinking</h3>")
     if report.style_words:
         rows = [(w, *(_num(r.get(w, 0.0), 2) for r in report.style)) for w in report.style_words]
-        parts.append(_table(["word or phrase", *(s.name for s in report.stats)], rows))
+        parts.append(_table(["word or phrase", *(f.name for f in report.figures)], rows))
         parts.append(_img(report.style_png, "style words per thousand tokens"))
     else:
         parts.append('<p class="note">No style word occurs in any run.</p>')
@@ -186,7 +187,7 @@ def _viewer_section(runs: Sequence[Run], ids: Sequence[str]) -> str:
     indexes = [r.by_id for r in runs]
     for sample_id in ids:
         first = next(ix[sample_id] for ix in indexes if sample_id in ix)
-        prompt = "\n\n".join(f"[{m['role']}] {m['content']}" for m in prompt_messages(first))
+        prompt = "\n\n".join(f"[{m['role']}] {m['content']}" for m in first.prompt)
         preview = prompt.replace("\n", " ")[:110]
         parts.append(f"<details><summary>{escape(sample_id)}: {escape(preview)}</summary>")
         parts.append(f'<div class="prompt">{escape(prompt)}</div>')
@@ -196,10 +197,10 @@ def _viewer_section(runs: Sequence[Run], ids: Sequence[str]) -> str:
             parts.append(f'<div class="run"><div class="runname">{swatch}{escape(run.name)} ({escape(run.mode)})</div>')
             if record is None:
                 failure = run.failures.get(sample_id)
-                why = f"failed: {failure.get('failure')}" if failure else "not in this run"
+                why = f"failed: {failure.failure}" if failure else "not in this run"
                 parts.append(f'<div class="note">{escape(str(why))}</div></div>')
                 continue
-            parts.append(f'<div class="resp">{render_spans(record.get("spans") or ())}</div></div>')
+            parts.append(f'<div class="resp">{render_spans(record.spans)}</div></div>')
         parts.append("</details>")
     return "".join(parts)
 
@@ -220,7 +221,7 @@ def render_html(report: Report) -> str:
         "<h1>tessy report</h1>",
         f'<p class="note">Made by tessy {escape(__version__)} on {escape(stamp)}.</p>',
         _table(["run", "file", "mode"], runs_rows, raw=True),
-        _stats_section(report.stats, report.hist_png),
+        _stats_section(report.figures, report.hist_png),
         _style_section(report),
         _nll_section(report),
         _viewer_section(report.runs, report.viewer_ids),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..backends.base import Prompt, Scorer, ScoreRequest
 from ..errors import BackendError, FormatError, TessyError
 from ..formats import Format
-from .runs import Run, prompt_messages, thinking_text
+from .runs import Run
 
 __all__ = ["RunNLL", "pick_ids", "run_nll"]
 
@@ -44,13 +44,13 @@ def pick_ids(runs: Sequence[Run], limit: int) -> list[list[str]]:
     run's order, then each run's own, up to ``limit`` per run."""
     sets = [set(r.by_id) for r in runs]
     common = set.intersection(*sets) if sets else set()
-    order = [str(rec["id"]) for rec in runs[0].records] if runs else []
+    order = [rec.id for rec in runs[0].records] if runs else []
     shared = [i for i in order if i in common][:limit]
     out: list[list[str]] = []
     for run in runs:
         ids = list(shared)
         if len(ids) < limit:
-            ids += [str(rec["id"]) for rec in run.records if str(rec["id"]) not in common][: limit - len(ids)]
+            ids += [rec.id for rec in run.records if rec.id not in common][: limit - len(ids)]
         out.append(ids)
     return out
 
@@ -71,11 +71,11 @@ async def run_nll(runs: Sequence[Run], scorer: Scorer, fmt: Format, *, max_sampl
         truncated = 0
         for sample_id in ids:
             record = by_id[sample_id]
-            thinking = thinking_text(record)
+            thinking = record.thinking
             if not thinking.strip():
                 continue
             try:
-                prompt = fmt.render_think(prompt_messages(record))
+                prompt = fmt.render_think(record.prompt)
             except FormatError as exc:
                 logger.warning("%s: sample %s cannot be rendered for scoring: %s", run.name, sample_id, exc)
                 continue

@@ -1,5 +1,5 @@
 """Runs as a report sees them: the records of an output file, its failures and its config, and
-the statistics of each run (who wrote how much, switches, lengths, requests, failures).
+the figures of each run (who wrote how much, switches, lengths, requests, failures).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import iter_records, sidecar_paths
+from ..data import sidecar_paths
+from ..records import FailureRecord, Record, RunStats, read_failures, read_records
 
-__all__ = ["Distribution", "Run", "RunStats", "load_run", "run_stats"]
+__all__ = ["Distribution", "Run", "RunFigures", "load_run", "run_figures", "run_stats"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,21 +26,21 @@ class Run:
 
     name: str
     path: Path
-    records: list[dict[str, Any]]
-    failures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: list[Record]
+    failures: dict[str, FailureRecord] = field(default_factory=dict)
     config: dict[str, Any] | None = None
     damaged_lines: int = 0
 
     @property
     def mode(self) -> str:
-        modes = Counter(str(r.get("mode", "?")) for r in self.records)
+        modes = Counter(r.mode or "?" for r in self.records)
         if modes:
             return modes.most_common(1)[0][0]
         return str((self.config or {}).get("mode", "?"))
 
     @property
-    def by_id(self) -> dict[str, dict[str, Any]]:
-        return {str(r["id"]): r for r in self.records}
+    def by_id(self) -> dict[str, Record]:
+        return {r.id: r for r in self.records}
 
     @property
     def student_format(self) -> str | None:
@@ -50,14 +51,14 @@ class Run:
 def load_run(path: Path, name: str | None = None) -> Run:
     """Read a run's output file and, where they exist, its failure and config sidecars."""
     damaged: list[int] = []
-    records = [r for r in iter_records(path, damaged=damaged) if isinstance(r.get("messages"), list)]
+    records = list(read_records(path, damaged=damaged))
     failed_path, config_path = sidecar_paths(path)
-    failures: dict[str, dict[str, Any]] = {}
+    failures: dict[str, FailureRecord] = {}
     if failed_path.is_file():
-        done = {str(r["id"]) for r in records}
-        for f in iter_records(failed_path):
-            if str(f["id"]) not in done:  # failed once, then done on a retry: not a failure
-                failures[str(f["id"])] = f  # the last attempt wins
+        done = {r.id for r in records}
+        for f in read_failures(failed_path):
+            if f.id not in done:  # failed once, then done on a retry: not a failure
+                failures[f.id] = f  # the last attempt wins
     config = None
     if config_path.is_file():
         try:
@@ -87,116 +88,38 @@ class Distribution:
 
 
 @dataclass
-class RunStats:
-    """Per-run statistics. Token counts are the engine's, each role in its own tokenizer."""
+class RunFigures:
+    """What the report shows of one run: its counters and, per finished sample, distributions."""
 
     name: str
     mode: str
-    samples: int
-    failed: int
-    failures_by_reason: Counter[str]
-    teacher_tokens: int
-    student_tokens: int
-    teacher_think_tokens: int
-    think_tokens: int
+    stats: RunStats
     switches: Distribution
     response_tokens: Distribution
     response_chars: Distribution
     requests_per_sample: Distribution
-    requests: int
-    failed_requests: int
-    discarded_tokens: int
-    guards: Counter[str]
     damaged_lines: int
-
-    @property
-    def teacher_share(self) -> float:
-        total = self.teacher_tokens + self.student_tokens
-        return self.teacher_tokens / total if total else 0.0
-
-    @property
-    def teacher_think_share(self) -> float:
-        return self.teacher_think_tokens / self.think_tokens if self.think_tokens else 0.0
-
-    @property
-    def discarded_per_kept(self) -> float:
-        total = self.teacher_tokens + self.student_tokens
-        return self.discarded_tokens / total if total else 0.0
-
-
-def _reason(failure: dict[str, Any]) -> str:
-    return str(failure.get("failure") or "unknown").split(":", 1)[0].strip() or "unknown"
 
 
 def run_stats(run: Run) -> RunStats:
-    teacher = student = teacher_think = think = requests = failed_requests = discarded = 0
-    switches: list[float] = []
-    tokens: list[float] = []
-    chars: list[float] = []
-    per_sample_requests: list[float] = []
-    guards: Counter[str] = Counter()
-    for r in run.records:
-        st = r.get("stats") or {}
-        teacher += int(st.get("teacher_tokens", 0))
-        student += int(st.get("student_tokens", 0))
-        requests += int(st.get("requests", 0))
-        failed_requests += int(st.get("failed_requests", 0))
-        discarded += int(st.get("discarded_tokens", 0))
-        switches.append(float(st.get("switches", 0)))
-        tokens.append(float(st.get("teacher_tokens", 0)) + float(st.get("student_tokens", 0)))
-        per_sample_requests.append(float(st.get("requests", 0)))
-        guards.update(str(g) for g in st.get("guards", ()))
-        chars.append(float(len(assistant_text(r))))
-        for span in r.get("spans") or ():
-            if span.get("phase") == "think":
-                n = int(span.get("tokens", 0))
-                think += n
-                if span.get("source") == "teacher":
-                    teacher_think += n
-    for f in run.failures.values():  # failed samples cost requests too
-        st = f.get("stats") or {}
-        requests += int(st.get("requests", 0))
-        failed_requests += int(st.get("failed_requests", 0))
-        discarded += int(st.get("discarded_tokens", 0))
-        guards.update(str(g) for g in st.get("guards", ()))
-    return RunStats(
+    """The counters of a run: its records and its failures (failed samples cost requests too)."""
+    stats = RunStats()
+    for record in run.records:
+        stats.add(record)
+    for failure in run.failures.values():
+        stats.add(failure)
+    return stats
+
+
+def run_figures(run: Run) -> RunFigures:
+    records = run.records
+    return RunFigures(
         name=run.name,
         mode=run.mode,
-        samples=len(run.records),
-        failed=len(run.failures),
-        failures_by_reason=Counter(_reason(f) for f in run.failures.values()),
-        teacher_tokens=teacher,
-        student_tokens=student,
-        teacher_think_tokens=teacher_think,
-        think_tokens=think,
-        switches=Distribution.of(switches),
-        response_tokens=Distribution.of(tokens),
-        response_chars=Distribution.of(chars),
-        requests_per_sample=Distribution.of(per_sample_requests),
-        requests=requests,
-        failed_requests=failed_requests,
-        discarded_tokens=discarded,
-        guards=guards,
+        stats=run_stats(run),
+        switches=Distribution.of([float(r.stats.switches) for r in records]),
+        response_tokens=Distribution.of([float(r.stats.total_tokens) for r in records]),
+        response_chars=Distribution.of([float(len(r.response or "")) for r in records]),
+        requests_per_sample=Distribution.of([float(r.stats.requests) for r in records]),
         damaged_lines=run.damaged_lines,
     )
-
-
-def assistant_text(record: dict[str, Any]) -> str:
-    """The stored assistant message (thinking and answer, in the student's format)."""
-    messages = record.get("messages") or []
-    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
-        return str(messages[-1].get("content", ""))
-    return ""
-
-
-def thinking_text(record: dict[str, Any]) -> str:
-    """The thinking of a record, from its spans."""
-    return "".join(str(s.get("text", "")) for s in record.get("spans") or () if s.get("phase") == "think")
-
-
-def prompt_messages(record: dict[str, Any]) -> list[dict[str, str]]:
-    """The conversation the response answers (everything before the assistant message)."""
-    messages = [m for m in record.get("messages") or () if isinstance(m, dict)]
-    if messages and messages[-1].get("role") == "assistant":
-        messages = messages[:-1]
-    return [{"role": str(m.get("role", "")), "content": str(m.get("content", ""))} for m in messages]

@@ -1,4 +1,4 @@
-"""Value types that flow through tessy: samples in, spans and results out."""
+"""A sample and what the engine made of it: its spans, counters and failure, in memory."""
 
 from __future__ import annotations
 
@@ -6,17 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = [
-    "Failure",
-    "Message",
-    "Mode",
-    "Phase",
-    "Sample",
-    "SampleResult",
-    "SampleStats",
-    "Source",
-    "Span",
-]
+__all__ = ["Failure", "Message", "Mode", "Phase", "Sample", "SampleResult", "SampleStats", "Source", "Span"]
 
 Source = Literal["teacher", "student"]
 Phase = Literal["think", "answer"]
@@ -76,8 +66,20 @@ class Span:
     text: str
     tokens: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "phase": self.phase, "text": self.text, "tokens": self.tokens}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Span:
+        """A span as a record holds it (``tokens`` may be missing in old files)."""
+        if not isinstance(obj, dict):
+            raise ValueError("a span is not an object")
+        source, phase = obj.get("source"), obj.get("phase")
+        if source not in ("teacher", "student"):
+            raise ValueError(f"a span's source is {source!r}, not teacher or student")
+        if phase not in ("think", "answer"):
+            raise ValueError(f"a span's phase is {phase!r}, not think or answer")
+        return cls(source, phase, _str(obj, "text"), _int(obj, "tokens"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +125,7 @@ class SampleStats:
         total = self.total_tokens
         return self.teacher_tokens / total if total else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "teacher_tokens": self.teacher_tokens,
             "student_tokens": self.student_tokens,
@@ -139,6 +141,31 @@ class SampleStats:
             "wall_s": round(self.wall_s, 3),
         }
 
+    @classmethod
+    def from_json(cls, obj: Any) -> SampleStats:
+        """Counters as a record holds them; a counter missing (an older file) is 0, and the
+        derived ``teacher_share`` is computed again, not read."""
+        if obj is None:
+            return cls()
+        if not isinstance(obj, dict):
+            raise ValueError("'stats' is not an object")
+        guards = obj.get("guards") or []
+        if not isinstance(guards, list):
+            raise ValueError("'stats.guards' is not a list")
+        return cls(
+            teacher_tokens=_int(obj, "teacher_tokens"),
+            student_tokens=_int(obj, "student_tokens"),
+            switches=_int(obj, "switches"),
+            requests=_int(obj, "requests"),
+            failed_requests=_int(obj, "failed_requests"),
+            discarded_tokens=_int(obj, "discarded_tokens"),
+            prefix_misses=_int(obj, "prefix_misses"),
+            think_tokens=_int(obj, "think_tokens"),
+            answer_tokens=_int(obj, "answer_tokens"),
+            guards=[str(g) for g in guards],
+            wall_s=_float(obj, "wall_s"),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Failure:
@@ -153,11 +180,12 @@ class Failure:
 
     @classmethod
     def parse(cls, text: str) -> Failure:
-        """A failure from its text form ``kind: detail`` (as failure files hold it)."""
-        kind, sep, detail = text.partition(":")
-        if not sep or not kind.strip() or " " in kind.strip():
+        """A failure from its text form ``kind: detail`` or ``kind`` (as failure files hold it)."""
+        kind, _, detail = text.partition(":")
+        kind = kind.strip()
+        if not kind or " " in kind:
             return cls("unknown", text.strip())
-        return cls(kind.strip(), detail.strip())
+        return cls(kind, detail.strip())
 
     def startswith(self, prefix: str | tuple[str, ...]) -> bool:
         """Whether the text form starts with ``prefix`` (``failure.startswith("token_budget")``)."""
@@ -185,3 +213,29 @@ class SampleResult:
     @property
     def answer(self) -> str:
         return "".join(s.text for s in self.spans if s.phase == "answer")
+
+
+def _int(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key, 0)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key!r} is not a whole number")
+    return value
+
+
+# Readers of stored JSON (here and in .stored): a field's value of the right type, or ValueError.
+
+
+def _float(obj: dict[str, Any], key: str) -> float:
+    value = obj.get(key, 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key!r} is not a number")
+    return float(value)
+
+
+def _str(obj: dict[str, Any], key: str, default: str = "") -> str:
+    value = obj.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"{key!r} is not a string")
+    return value

@@ -1,0 +1,83 @@
+"""The counters of a run: one type, summed one sample at a time."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .sample import SampleResult
+from .stored import FailureRecord, Record
+
+__all__ = ["RunStats"]
+
+
+@dataclass
+class RunStats:
+    """The counters of a run, summed one sample at a time by :meth:`add`: live from the
+    engine's results during synthesis, or from a run's files by the report (the same numbers
+    for the same samples). Token counts are in each role's own tokenizer."""
+
+    #: Finished samples, and failed ones by kind of failure.
+    written: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    #: Tokens of finished samples, by who wrote them; and their thinking (from the spans).
+    teacher_tokens: int = 0
+    student_tokens: int = 0
+    think_tokens: int = 0
+    teacher_think_tokens: int = 0
+    switches: int = 0
+    #: What every sample cost, finished or failed.
+    requests: int = 0
+    failed_requests: int = 0
+    discarded_tokens: int = 0
+    #: Requests whose prompt did not extend the same role's previous prompt (see SampleStats).
+    prefix_misses: int = 0
+    guards: Counter[str] = field(default_factory=Counter)
+
+    def add(self, item: SampleResult | Record | FailureRecord) -> None:
+        """Count one sample: an engine result, or a record or failure record read back."""
+        failure = item.failure if isinstance(item, (SampleResult, FailureRecord)) else None
+        stats = item.stats
+        self.requests += stats.requests
+        self.failed_requests += stats.failed_requests
+        self.discarded_tokens += stats.discarded_tokens
+        self.prefix_misses += stats.prefix_misses
+        self.guards.update(stats.guards)
+        if failure is not None:
+            self.failed[failure.kind] += 1
+            return
+        self.written += 1
+        self.teacher_tokens += stats.teacher_tokens
+        self.student_tokens += stats.student_tokens
+        self.switches += stats.switches
+        for span in item.spans:
+            if span.phase == "think":
+                self.think_tokens += span.tokens
+                if span.source == "teacher":
+                    self.teacher_think_tokens += span.tokens
+
+    @property
+    def n_failed(self) -> int:
+        return sum(self.failed.values())
+
+    @property
+    def total_tokens(self) -> int:
+        return self.teacher_tokens + self.student_tokens
+
+    @property
+    def teacher_share(self) -> float:
+        total = self.total_tokens
+        return self.teacher_tokens / total if total else 0.0
+
+    @property
+    def teacher_think_share(self) -> float:
+        return self.teacher_think_tokens / self.think_tokens if self.think_tokens else 0.0
+
+    @property
+    def switches_per_sample(self) -> float:
+        return self.switches / self.written if self.written else 0.0
+
+    @property
+    def discarded_per_kept(self) -> float:
+        total = self.total_tokens
+        return self.discarded_tokens / total if total else 0.0

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from tessy.backends.llamacpp import LlamaCppBackend
 from tessy.boundary import LexiconPredictor
-from tessy.data import read_prompts
 from tessy.demo import DEMO_SYSTEM_PROMPT
 from tessy.engine import Engine, Limits, Role
 from tessy.formats import get_format
+from tessy.prompts import read_prompts
 from tessy.records import Mode, Sample
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from tessy import DataError, Sample, SampleResult, SampleStats, Span
-from tessy.data import BadLine, OutputStore, prompt_id, read_prompts, sidecar_paths
+from tessy.data import OutputStore, sidecar_paths
+from tessy.prompts import BadLine, prompt_id, read_prompts
 from tessy.records import Failure, Record
 
 # -- helpers ---------------------------------------------------------------------------------

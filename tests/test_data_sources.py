@@ -16,7 +16,7 @@ import tessy  # noqa: E402
 from tessy import ConfigError, DataError, Sample  # noqa: E402
 from tessy.cli import main  # noqa: E402
 from tessy.config import load_config  # noqa: E402
-from tessy.data import BadLine, PromptSource, read_prompts  # noqa: E402
+from tessy.prompts import BadLine, PromptSource, read_prompts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = ROOT / "examples" / "offline.yaml"

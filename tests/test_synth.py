@@ -20,7 +20,7 @@ from tessy import BackendError, ConfigError, DataError, Engine, GenerateRequest,
 from tessy.backends import Backend
 from tessy.build import build_engine, build_role
 from tessy.cli import main
-from tessy.data import read_prompts
+from tessy.prompts import read_prompts
 from tessy.records import RunStats
 from tessy.report.runs import load_run, run_stats
 

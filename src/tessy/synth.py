@@ -12,9 +12,10 @@ from typing import Any
 
 from .build import build_engine
 from .config import SynthConfig
-from .data import BadLine, OutputStore, PromptSource, read_prompts
+from .data import OutputStore
 from .engine import Engine
 from .errors import ConfigError, DataError
+from .prompts import BadLine, PromptSource, read_prompts
 from .records import RunStats, Sample
 
 __all__ = ["RunSummary", "asynthesize", "count_prompts", "synthesize"]

@@ -21,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from ..data import PromptSource
 from ..errors import ConfigError
+from ..prompts import PromptSource
 from ..records import Mode
 from .hashing import config_hash
 

@@ -20,10 +20,10 @@ from typing import Any
 
 from ..backends import GenerateRequest, Prompt
 from ..config import RoleConfig
-from ..data import BadLine, PromptSource, read_prompts
 from ..engine import Role
 from ..errors import BackendError, ConfigError, DataError
 from ..jsonl import JsonlWriter, read_jsonl
+from ..prompts import BadLine, PromptSource, read_prompts
 from ..records import Sample, Source
 from ..retry import FailureBudget, call_with_retries
 from ..workers import map_unordered

@@ -16,17 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backends.base import Scorer
 from ..errors import BackendError, ConfigError, TessyError
 from ..formats import Format, get_format
+from .model import Report
 from .nll import RunNLL, run_nll
 from .runs import Run, RunFigures, load_run, run_figures
 from .style import (
     STYLE_WORDS,
-    Similarity,
     TextTokenizer,
     hf_text_tokenizer,
     pca_points,
@@ -41,26 +40,6 @@ logger = logging.getLogger(__name__)
 
 #: Style words shown: the most frequent ones across runs.
 TOP_STYLE_WORDS = 20
-
-
-@dataclass
-class Report:
-    """Everything the HTML shows; ``html`` is the rendered file."""
-
-    runs: list[Run]
-    figures: list[RunFigures]
-    tokenizer_name: str
-    similarity: Similarity | None = None
-    pca_png: str | None = None
-    hist_png: str | None = None
-    style_words: list[str] = field(default_factory=list)
-    style: list[dict[str, float]] = field(default_factory=list)
-    style_png: str | None = None
-    nll: list[RunNLL] | None = None
-    nll_note: str = ""
-    scorer_name: str = ""
-    viewer_ids: list[str] = field(default_factory=list)
-    html: str = ""
 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:

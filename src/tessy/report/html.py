@@ -8,14 +8,12 @@ import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..view import SPAN_CSS, render_spans
+from .model import Report
 from .plots import colour
 from .runs import Run, RunFigures
-
-if TYPE_CHECKING:
-    from . import Report
 
 __all__ = ["render_html"]
 

@@ -16,8 +16,8 @@ from .backends import (
     TokenScores,
 )
 from .boundary import BoundaryPredictor, CutQuery, LexiconPredictor, TokenType
-from .build import build_engine
-from .config import SynthConfig, load_config
+from .build import build_engine, build_role
+from .config import SynthConfig, describe_config, load_config
 from .engine import Engine, Limits, RepetitionGuard, Role
 from .errors import (
     BackendError,
@@ -25,12 +25,29 @@ from .errors import (
     ConfigError,
     DataError,
     FormatError,
+    JudgeOutputError,
     MissingDependencyError,
+    MissingModelError,
+    ModelError,
+    ServerStartError,
     TessyError,
 )
 from .formats import Format, get_format
-from .records import Mode, Sample, SampleResult, SampleStats, Span
-from .synth import RunSummary, asynthesize, synthesize
+from .prompts import iter_samples
+from .records import (
+    Failure,
+    FailureRecord,
+    Mode,
+    Record,
+    RunStats,
+    Sample,
+    SampleResult,
+    SampleStats,
+    Span,
+    read_failures,
+    read_records,
+)
+from .synth import RunSummary, Synthesis, asynthesize, synthesize
 from .version import __version__
 
 __all__ = [
@@ -42,17 +59,24 @@ __all__ = [
     "CutQuery",
     "DataError",
     "Engine",
+    "Failure",
+    "FailureRecord",
     "Format",
     "FormatError",
     "GenerateRequest",
     "Generation",
+    "JudgeOutputError",
     "LexiconPredictor",
     "Limits",
     "MissingDependencyError",
+    "MissingModelError",
     "Mode",
+    "ModelError",
     "Prompt",
+    "Record",
     "RepetitionGuard",
     "Role",
+    "RunStats",
     "RunSummary",
     "Sample",
     "SampleResult",
@@ -61,15 +85,22 @@ __all__ = [
     "ScoreRequest",
     "Scorer",
     "ScriptedBackend",
+    "ServerStartError",
     "Span",
     "SynthConfig",
+    "Synthesis",
     "TessyError",
     "TokenScores",
     "TokenType",
     "__version__",
     "asynthesize",
     "build_engine",
+    "build_role",
+    "describe_config",
     "get_format",
+    "iter_samples",
     "load_config",
+    "read_failures",
+    "read_records",
     "synthesize",
 ]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from .errors import ConfigError, DataError, MissingDependencyError
 from .jsonl import write_atomic
 from .records import Record, read_records
 
-__all__ = ["FORMATS", "ExportResult", "export_run"]
+__all__ = ["FORMATS", "ExportResult", "export_run", "records_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,15 +174,21 @@ def export_run(run: Path, fmt: str, out: Path, *, name: str | None = None, inclu
     return ExportResult(fmt, out, write_atomic(out, converted()))
 
 
-def _export_parquet(run: Path, out: Path) -> ExportResult:
+def records_dataset(records: Iterable[Record]) -> Any:
+    """A ``datasets.Dataset`` of records, one row each, with the columns of the Parquet export
+    (``id``, ``messages``, ``spans``, ``stats``, ``mode``, ``config_hash``, and the kept input
+    fields as one JSON string, ``fields``): the same schema whatever the records hold."""
     try:
         import datasets
     except ImportError as exc:
-        raise MissingDependencyError("datasets", "export", "Exporting to Parquet") from exc
-    rows = [_full(r) for r in _records(run)]
-    if not rows:
+        raise MissingDependencyError("datasets", "datasets", "Records as a datasets.Dataset") from exc
+    return datasets.Dataset.from_list([_full(r) for r in records])
+
+
+def _export_parquet(run: Path, out: Path) -> ExportResult:
+    ds = records_dataset(_records(run))
+    if not len(ds):
         raise DataError(f"{run} holds no finished records to export")
-    ds = datasets.Dataset.from_list(rows)
     if out.suffix == ".parquet":
         out.parent.mkdir(parents=True, exist_ok=True)
         ds.to_parquet(str(out))
@@ -190,4 +196,4 @@ def _export_parquet(run: Path, out: Path) -> ExportResult:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise ConfigError(f"{out} exists and is not an empty folder; give a new folder or a .parquet file")
         ds.save_to_disk(str(out))
-    return ExportResult("parquet", out, len(rows))
+    return ExportResult("parquet", out, len(ds))

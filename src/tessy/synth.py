@@ -1,24 +1,46 @@
-"""A whole synthesis run: prompts in, records out, resumable, with a summary at the end."""
+"""A whole synthesis run: prompts in, records out, resumable, with a summary at the end.
+
+The library's face, for scripts and notebooks alike::
+
+    config = tessy.load_config("run.yaml", {"teacher.chunk_tokens": 32})
+    summary = tessy.synthesize(config, prompts=["What is 17 + 25?"], output="out.jsonl")
+    data = tessy.synthesize(config, prompts=ds, dataset=True)          # a datasets.Dataset
+
+    async with tessy.Synthesis(config, prompts=["What is 17 + 25?"]) as run:
+        async for record in run:                                         # tessy.Record
+            print(record.answer)
+    print(run.summary.teacher_share)
+
+:func:`synthesize` works in a script and inside a running event loop (Jupyter): there it runs
+the synthesis on a loop of its own in a worker thread. In a coroutine, ``await asynthesize``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from .build import build_engine
-from .config import SynthConfig
+from .config import SynthConfig, load_config
 from .data import OutputStore
 from .engine import Engine
 from .errors import ConfigError, DataError
-from .prompts import BadLine, PromptSource, read_prompts
-from .records import RunStats, Sample
+from .prompts import BadLine, Prompts, PromptSource, iter_samples
+from .records import FailureRecord, Record, RunStats, Sample, read_records
 
-__all__ = ["RunSummary", "asynthesize", "count_prompts", "synthesize"]
+__all__ = ["RunSummary", "Synthesis", "asynthesize", "count_prompts", "synthesize"]
+
+#: A config as the library takes it: validated, or a YAML path (text or Path), or a dict.
+ConfigLike = SynthConfig | str | Path | Mapping[str, Any]
+#: Called with the running summary after every sample (and every skipped input).
+Progress = Callable[["RunSummary"], None]
 
 logger = logging.getLogger(__name__)
 
@@ -74,84 +96,204 @@ def count_prompts(source: PromptSource | Path, limit: int | None = None) -> int 
     return PromptSource.of(source).count(limit)
 
 
-async def asynthesize(
-    config: SynthConfig,
-    *,
-    engine: Engine | None = None,
-    progress: Callable[[RunSummary], None] | None = None,
-) -> RunSummary:
-    """Run a synthesis as the config says; resumes into an existing output.
+class Synthesis:
+    """One synthesis run: an async context manager that holds the engine (and the output file),
+    and an async iterator of the :class:`Record` s of the samples that finish, as they finish.
 
-    ``engine`` replaces the one built from the config (to run with hand-made backends); the
-    caller keeps it and closes it.
-    ``progress`` is called with the running summary after every sample.
+    ``prompts`` (see :data:`tessy.prompts.Prompts`: a file, a list of strings or dicts, a
+    ``datasets.Dataset``) replaces ``config.data``'s source. ``output`` replaces
+    ``config.data.output``; with neither, records are kept only in memory (no resume) and
+    failures in :attr:`failures`. With an output, the run resumes as ``tessy synth`` does:
+    finished ids are skipped and failures go to the failure file. ``engine`` replaces the one
+    built from the config (the caller keeps and closes it).
     """
-    data = config.data
-    source, output_path = data.source(), data.output
-    if source is None or output_path is None:
-        raise ConfigError(
-            "say where prompts come from and where records go: set data.input (or data.dataset) and data.output"
-        )
-    try:
-        source.check()
-    except DataError as exc:
-        raise ConfigError(str(exc)) from None
-    if output_path.is_dir():
-        raise ConfigError(f"the output {output_path} is a folder; give a file name such as out.jsonl")
-    config_hash = config.config_hash()
-    mode = config.mode.value
-    summary = RunSummary(config_hash=config_hash, output=output_path)
-    started = time.perf_counter()
-    store = OutputStore.open(
-        output_path,
-        config=config.dump(),
-        config_hash=config_hash,
-        allow_config_change=data.allow_config_change,
-        fsync=data.fsync,
-    )
-    summary.failed_path = store.failed_path
-    if progress is not None:
-        summary.total = count_prompts(source, config.limit)
-    owned = engine is None
-    engine = engine or build_engine(config)
 
-    def samples() -> Iterator[Sample]:
-        seen = 0
-        prompts = read_prompts(source, prompt_field=data.prompt_field, id_field=data.id_field, strict=data.strict)
-        for item in prompts:
+    def __init__(
+        self,
+        config: ConfigLike,
+        *,
+        prompts: Prompts | None = None,
+        output: str | Path | None = None,
+        engine: Engine | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.config = config if isinstance(config, SynthConfig) else load_config(config)
+        data = self.config.data
+        self.prompts: Prompts | None = prompts if prompts is not None else data.source()
+        if self.prompts is None:
+            raise ConfigError(
+                "say where prompts come from: prompts=[...] (or a file), or data.input / data.dataset in the config"
+            )
+        self.output = Path(output) if output is not None else data.output
+        if self.output is not None and self.output.is_dir():
+            raise ConfigError(f"the output {self.output} is a folder; give a file name such as out.jsonl")
+        self.summary = RunSummary(config_hash=self.config.config_hash(), output=self.output)
+        #: Failed samples and inputs that were no prompts, when there is no output file.
+        self.failures: list[FailureRecord] = []
+        self._engine, self._owned = engine, engine is None
+        self._progress = progress
+        self._store: OutputStore | None = None
+        self._started = 0.0
+        self._iterator: AsyncGenerator[Record, None] | None = None
+
+    async def __aenter__(self) -> Synthesis:
+        config, data = self.config, self.config.data
+        if isinstance(self.prompts, PromptSource):
+            try:
+                self.prompts.check()
+            except DataError as exc:
+                raise ConfigError(str(exc)) from None
+        self._started = time.perf_counter()
+        if self.output is not None:
+            self._store = OutputStore.open(
+                self.output,
+                config=config.dump(),
+                config_hash=self.summary.config_hash,
+                allow_config_change=data.allow_config_change,
+                fsync=data.fsync,
+            )
+            self.summary.failed_path = self._store.failed_path
+        if self._progress is not None and isinstance(self.prompts, (str, Path, PromptSource)):
+            self.summary.total = count_prompts(PromptSource.of(self.prompts), config.limit)
+        elif self._progress is not None and hasattr(self.prompts, "__len__"):
+            self.summary.total = min(len(self.prompts), config.limit or len(self.prompts))  # type: ignore[arg-type]
+        if self._engine is None:
+            try:
+                self._engine = build_engine(config)
+            except BaseException:
+                self._close_store()
+                raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._iterator is not None:
+            await self._iterator.aclose()  # left early (a break): stop the samples still in flight
+        self._close_store()
+        if self._owned and self._engine is not None:
+            await self._engine.aclose()
+        self.summary.wall_s = time.perf_counter() - self._started
+        logger.info("run finished: %s", self.summary.to_dict())
+
+    def __aiter__(self) -> AsyncIterator[Record]:
+        if self._engine is None:
+            raise RuntimeError("iterate a Synthesis inside 'async with': it opens the output and the engine")
+        if self._iterator is not None:
+            raise RuntimeError("a Synthesis runs once; make a new one to run again")
+        self._iterator = self._records(self._engine)
+        return self._iterator
+
+    async def _records(self, engine: Engine) -> AsyncGenerator[Record, None]:
+        config, summary, store = self.config, self.summary, self._store
+        mode, config_hash = config.mode, summary.config_hash
+        async for result in engine.run(self._samples(), max_in_flight=config.max_in_flight):
+            if store is not None:
+                store.write(result, mode)
+            summary.add(result)
+            summary.wall_s = time.perf_counter() - self._started
+            if self._progress is not None:
+                self._progress(summary)
+            if result.ok:
+                yield Record.from_result(result, config_hash, mode)
+            elif store is None:
+                self.failures.append(FailureRecord.from_result(result, config_hash, mode))
+
+    def _samples(self) -> Iterator[Sample]:
+        """The samples to run, lazily: malformed inputs recorded, finished (and, unless retried,
+        failed) ids of an earlier run skipped, at most ``config.limit`` inputs read."""
+        assert self.prompts is not None
+        config, data, summary, store = self.config, self.config.data, self.summary, self._store
+        items = iter_samples(self.prompts, prompt_field=data.prompt_field, id_field=data.id_field, strict=data.strict)
+        for seen, item in enumerate(items):
             if config.limit is not None and seen >= config.limit:
                 return
-            seen += 1
             if isinstance(item, BadLine):
                 summary.bad_lines += 1
-                if item.key not in store.failed_ids:
+                if store is None:
+                    self.failures.append(FailureRecord.bad_input(item.key, item.error, item.raw, summary.config_hash))
+                elif item.key not in store.failed_ids:
                     store.write_bad_line(item)
-            elif item.id in store.done_ids:
+            elif store is not None and item.id in store.done_ids:
                 summary.skipped_done += 1
-            elif item.id in store.failed_ids and not data.retry_failed:
+            elif store is not None and item.id in store.failed_ids and not data.retry_failed:
                 summary.skipped_failed += 1
             else:
                 yield item
                 continue
-            if progress is not None:
-                progress(summary)
+            if self._progress is not None:
+                self._progress(summary)
 
+    def _close_store(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+async def asynthesize(
+    config: ConfigLike,
+    *,
+    prompts: Prompts | None = None,
+    output: str | Path | None = None,
+    engine: Engine | None = None,
+    progress: Progress | None = None,
+) -> RunSummary:
+    """Run a synthesis to the end (see :class:`Synthesis` for the arguments) and return its summary.
+
+    Without ``prompts``/``output`` the config's ``data`` section says where prompts come from
+    and where records go; an existing output is resumed. A run needs an output here (its records
+    would be lost otherwise): to keep records in memory, iterate a :class:`Synthesis` or call
+    ``synthesize(..., dataset=True)``.
+    """
+    config = config if isinstance(config, SynthConfig) else load_config(config)
+    if output is None and config.data.output is None:
+        raise ConfigError(
+            "say where records go: output=... or data.output (with data.input or data.dataset, or prompts=..., "
+            "for the prompts); to keep records in memory iterate tessy.Synthesis or use synthesize(dataset=True)"
+        )
+    async with Synthesis(config, prompts=prompts, output=output, engine=engine, progress=progress) as run:
+        async for _ in run:
+            pass
+    return run.summary
+
+
+def synthesize(
+    config: ConfigLike,
+    *,
+    prompts: Prompts | None = None,
+    output: str | Path | None = None,
+    dataset: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """The blocking form of :func:`asynthesize`, for scripts and notebooks.
+
+    Returns the :class:`RunSummary`; with ``dataset=True`` a ``datasets.Dataset`` of the records
+    instead (every finished record of the output file, resumed ones included; or, without an
+    output, those of this run). Inside a running event loop (Jupyter) the synthesis runs on a
+    loop of its own in a worker thread, and this call waits for it.
+    """
+    if not dataset:
+        return _run_blocking(asynthesize(config, prompts=prompts, output=output, **kwargs))
+
+    async def collect() -> tuple[RunSummary, list[Record]]:
+        kept: list[Record] = []
+        async with Synthesis(config, prompts=prompts, output=output, **kwargs) as run:
+            async for record in run:
+                if run.output is None:
+                    kept.append(record)
+        return run.summary, kept
+
+    from .export import records_dataset
+
+    summary, kept = _run_blocking(collect())
+    return records_dataset(read_records(summary.output) if summary.output is not None else kept)
+
+
+def _run_blocking(coro: Any) -> Any:
     try:
-        async for result in engine.run(samples(), max_in_flight=config.max_in_flight):
-            store.write(result, mode)
-            summary.add(result)
-            summary.wall_s = time.perf_counter() - started
-            if progress is not None:
-                progress(summary)
-    finally:
-        store.close()
-        if owned:
-            await engine.aclose()
-        summary.wall_s = time.perf_counter() - started
-    logger.info("run finished: %s", summary.to_dict())
-    return summary
-
-
-def synthesize(config: SynthConfig, **kwargs: Any) -> RunSummary:
-    """The synchronous wrapper of :func:`asynthesize`, for scripts."""
-    return asyncio.run(asynthesize(config, **kwargs))
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    # A loop runs in this thread (a notebook): asyncio.run would refuse, so use another thread.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tessy-synthesize") as pool:
+        return pool.submit(asyncio.run, coro).result()

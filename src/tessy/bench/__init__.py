@@ -4,10 +4,10 @@ and a benchmark of cooperative synthesis against it (see :mod:`tessy.bench.harne
 
 from __future__ import annotations
 
-from .engine import SimEngine, SimParams
+from .engine import SimEngine, SimParams, make_engines
 from .harness import FULL, QUICK, BenchConfig, BenchResult, BenchRow, run_bench
 from .model import Workload
-from .server import SimServer, make_engines, serve
+from .server import SimServer, serve
 
 __all__ = [
     "FULL",

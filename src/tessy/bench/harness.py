@@ -50,9 +50,9 @@ from ..formats import get_format
 from ..records import Sample, SampleResult, Source
 from .backend import SimBackend
 from .clock import run_virtual
-from .engine import SimEngine, SimParams
+from .engine import SimEngine, SimParams, make_engines
 from .model import Workload
-from .server import READY_PREFIX, make_engines
+from .server import READY_PREFIX
 
 __all__ = ["FULL", "QUICK", "BenchConfig", "BenchResult", "BenchRow", "openai_role", "run_bench"]
 

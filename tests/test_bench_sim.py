@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tessy import GenerateRequest, Prompt, get_format
-from tessy.bench import QUICK, BenchConfig, SimEngine, SimParams, Workload, make_engines, run_bench
+from tessy.bench import QUICK, BenchConfig, SimEngine, SimParams, Workload, make_engines, ratio_lines, run_bench
 from tessy.bench.backend import SimBackend
 from tessy.bench.cache import BlockPool, block_hashes
 from tessy.bench.clock import run_virtual
@@ -275,7 +275,7 @@ def test_bench_in_process_measures_every_setup() -> None:
         assert streaming.requests_per_sample <= chunked.requests_per_sample
         assert chunked.reprefill_per_sample > lower.reprefill_per_sample
         assert chunked.cache_hit > 0.5
-    assert result.ratio_lines()[-1].startswith("ratio_streaming_4 ")
+    assert ratio_lines(result)[-1].startswith("ratio_streaming_4 ")
     # A smaller lookahead wastes fewer streamed tokens; the lexicon's own settling does as well as none.
     eager = run_bench(replace(TINY, concurrency=(4,), lookahead=0))
     patient = run_bench(replace(TINY, concurrency=(4,), lookahead=5))

@@ -303,9 +303,10 @@ async def test_reset_stats(client: httpx.AsyncClient) -> None:
 @pytest.mark.slow
 async def test_the_server_runs_as_its_own_process() -> None:
     """The benchmark's http transport starts the server in a subprocess and reads its address."""
-    from tessy.bench.harness import QUICK, _server_process
+    from tessy.bench.settings import QUICK
+    from tessy.bench.targets import server_process
 
-    async with _server_process(QUICK) as url, httpx.AsyncClient(base_url=url.removesuffix("/v1"), timeout=10) as c:
+    async with server_process(QUICK) as url, httpx.AsyncClient(base_url=url.removesuffix("/v1"), timeout=10) as c:
         assert (await c.get("/health")).status_code == 200
         body = await complete(c, prompt=THINK, max_tokens=3)
         assert body["usage"]["completion_tokens"] == 3

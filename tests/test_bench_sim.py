@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tessy import GenerateRequest, Prompt, get_format
-from tessy.bench import QUICK, BenchConfig, SimEngine, SimParams, Workload, make_engines, run_bench
+from tessy.bench import QUICK, BenchConfig, SimEngine, SimParams, Workload, make_engines, ratio_lines, run_bench
 from tessy.bench.backend import SimBackend
 from tessy.bench.cache import BlockPool, block_hashes
 from tessy.bench.clock import run_virtual
@@ -275,12 +275,43 @@ def test_bench_in_process_measures_every_setup() -> None:
         assert streaming.requests_per_sample <= chunked.requests_per_sample
         assert chunked.reprefill_per_sample > lower.reprefill_per_sample
         assert chunked.cache_hit > 0.5
-    assert result.ratio_lines()[-1].startswith("ratio_streaming_4 ")
+    assert ratio_lines(result)[-1].startswith("ratio_streaming_4 ")
     # A smaller lookahead wastes fewer streamed tokens; the lexicon's own settling does as well as none.
     eager = run_bench(replace(TINY, concurrency=(4,), lookahead=0))
     patient = run_bench(replace(TINY, concurrency=(4,), lookahead=5))
     assert eager.row("streaming", 4).discarded_per_sample < patient.row("streaming", 4).discarded_per_sample
     assert result.row("streaming", 4).discarded_per_sample < patient.row("streaming", 4).discarded_per_sample
+
+
+def test_both_transports_build_the_engine_from_one_run_config_with_the_lookahead_in_it() -> None:
+    from tessy.bench.settings import synth_config
+    from tessy.bench.targets import InProcess
+    from tessy.build import build_engine
+
+    synth = synth_config(replace(TINY, lookahead=0), InProcess.url, streaming=True, concurrency=4)
+    assert synth.streaming and synth.max_in_flight == 4 and not synth.guards.repetition
+    target = InProcess(make_engines(workload=TINY.workload))
+    engine = build_engine(synth, backends={"teacher": target.backend(synth.teacher)})
+    assert isinstance(engine.roles["teacher"].backend, SimBackend)
+    assert engine.roles["teacher"].backend.max_concurrency == 4
+    assert type(engine.roles["student"].backend).__name__ == "OpenAICompletionsBackend"  # not replaced: configured
+    for role in engine.roles.values():
+        assert isinstance(role.predictor, LexiconPredictor) and role.predictor.lookahead == 0
+        assert role.chunk_tokens == TINY.chunk_tokens and role.sampling.seed == 0
+    asyncio.run(engine.aclose())
+
+
+def test_import_tessy_leaves_the_benchmark_unloaded() -> None:
+    code = "import sys, tessy; print(sorted(m for m in sys.modules if m.startswith('tessy.bench')))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_cli_bench_prints_the_table_and_the_ratio_last(capsys: pytest.CaptureFixture[str]) -> None:

@@ -364,6 +364,7 @@ def test_hash_does_not_depend_on_key_order_in_the_file(tmp_path: Path) -> None:
         "teacher.format=deepseek-r1",
         "student.system_prompt=Think step by step.",
         "student.predictor.phrases=[honestly]",
+        "student.predictor.lookahead=0",
         "guards.max_total_tokens=4096",
         "guards.repetition=false",
         "streaming=true",
@@ -388,10 +389,21 @@ def test_hash_changes_with_what_changes_the_data(config_file: Path, override: st
         "student.max_concurrency=5",
         "student.latency_s=0.5",
         "teacher.latency_s=0.01",
+        "teacher.predictor.lookahead=null",
     ],
 )
 def test_hash_does_not_change_with_what_does_not_change_the_data(config_file: Path, override: str) -> None:
     assert hash_of(config_file, override) == hash_of(config_file)
+
+
+def test_an_unset_lexicon_lookahead_stays_out_of_the_hash_so_older_configs_keep_theirs(config_file: Path) -> None:
+    from tessy.config import _hashed
+
+    config = load_config(config_file)
+    assert "lookahead" not in _hashed(config)["teacher"]["predictor"]
+    assert (
+        _hashed(load_config(config_file, ["teacher.predictor.lookahead=2"]))["teacher"]["predictor"]["lookahead"] == 2
+    )
 
 
 def test_hash_does_not_depend_on_where_the_config_file_is(tmp_path: Path) -> None:

@@ -117,6 +117,24 @@ def test_lookahead_covers_the_longest_phrase():
     assert LexiconPredictor(["on the other hand"], replace_defaults=True).lookahead == 5
 
 
+def test_a_given_lookahead_replaces_the_lexicons_own_and_its_phrase_tracking():
+    fixed = LexiconPredictor(lookahead=2)
+    assert fixed.lookahead == 2
+    # All pieces but the last two, though "let" may still become "let me".
+    assert fixed.settled(TextView.of("Now "), toks(" we| let| x| y")) == 2
+    assert LexiconPredictor(lookahead=0).settled(TextView.of("Now "), toks(" we| let")) == 2
+    with pytest.raises(ConfigError, match="lookahead"):
+        LexiconPredictor(lookahead=-1)
+
+
+def test_build_predictor_passes_the_configured_lookahead():
+    from tessy.build import build_predictor
+    from tessy.config import LexiconPredictorConfig
+
+    assert build_predictor(LexiconPredictorConfig(lookahead=3)).lookahead == 3
+    assert build_predictor(LexiconPredictorConfig()).lookahead == LexiconPredictor().lookahead
+
+
 def test_context_is_read_only_at_its_tail(lex):
     asked: list[int] = []
 

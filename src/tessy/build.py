@@ -92,7 +92,10 @@ def build_predictor(config: PredictorConfig) -> BoundaryPredictor:
         from .boundary.lexicon import LexiconPredictor
 
         return LexiconPredictor(
-            config.phrases, phrases_file=config.phrases_file, replace_defaults=config.replace_defaults
+            config.phrases,
+            phrases_file=config.phrases_file,
+            replace_defaults=config.replace_defaults,
+            lookahead=config.lookahead,
         )
     if config.type == "classifier":
         from .boundary.classifier import ClassifierPredictor

@@ -31,14 +31,14 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .cache import BlockPool, block_hashes
-from .model import FakeModel
+from .model import STUDENT, TEACHER, FakeModel, ModelProfile, Workload, sim_tokenizer
 
-__all__ = ["SimEngine", "SimParams", "SimRequest", "SimRequestError"]
+__all__ = ["SimEngine", "SimParams", "SimRequest", "SimRequestError", "make_engines"]
 
 logger = logging.getLogger(__name__)
 
@@ -497,3 +497,14 @@ class SimEngine:
         if reason == "abort":
             self.stats.aborted += 1
         r.updated.set()
+
+
+def make_engines(
+    params: SimParams | None = None,
+    workload: Workload | None = None,
+    models: Mapping[str, ModelProfile] | None = None,
+) -> dict[str, SimEngine]:
+    """One engine per model name (default: ``sim-teacher`` and ``sim-student``)."""
+    tok = sim_tokenizer()
+    chosen = models or {"sim-teacher": TEACHER, "sim-student": STUDENT}
+    return {name: SimEngine(FakeModel(name, p, workload or Workload(), tok), params) for name, p in chosen.items()}

@@ -102,7 +102,10 @@ class LexiconPredictor(NextTokenTypePredictor):
         *,
         phrases_file: Path | None = None,
         replace_defaults: bool = False,
+        lookahead: int | None = None,
     ) -> None:
+        if lookahead is not None and lookahead < 0:
+            raise ConfigError(f"the lexicon's lookahead must be 0 or more, not {lookahead}")
         chosen: list[str] = [] if replace_defaults else list(DEFAULT_PHRASES)
         chosen.extend(phrases or ())
         if phrases_file is not None:
@@ -115,7 +118,10 @@ class LexiconPredictor(NextTokenTypePredictor):
         alternatives = "|".join(_phrase_pattern(p) for p in self.phrases)
         self._pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
         # Enough tokens to see a whole phrase after the next token (tokens are at most words).
-        self.lookahead = max(len(p.split()) for p in self.phrases) + 1
+        # A given lookahead (a sensitivity knob of `tessy bench`) replaces this and the phrase
+        # tracking of `settled` with the plain rule: all pieces but the last `lookahead`.
+        self._fixed_lookahead = lookahead is not None
+        self.lookahead = max(len(p.split()) for p in self.phrases) + 1 if lookahead is None else lookahead
         self.context_chars = _CONTEXT_CHARS
         self._longest = max(len(p) for p in self.phrases) + 1
 
@@ -125,7 +131,10 @@ class LexiconPredictor(NextTokenTypePredictor):
         A phrase may be under way where a word starts and the text from there (lower case, single
         spaces) is the start of a phrase: ``let`` or ``let m`` (``let me``), or ``so`` at the very
         end (the word may go on: ``sofa``). Types before that place cannot change any more.
+        With a ``lookahead`` given to the constructor, the base rule instead.
         """
+        if self._fixed_lookahead:
+            return super().settled(context, pieces)
         if not pieces:
             return 0
         chunk = "".join(pieces)

@@ -151,16 +151,16 @@ def _bench(args: argparse.Namespace) -> int:
     if args.concurrency:
         config = replace(config, concurrency=tuple(int(c) for c in args.concurrency.split(",")))
     result = bench.run_bench(config, progress=lambda r: console.print(f"[dim]{r.setup} at {r.concurrency}: done"))
-    head, rows = result.table()
-    table = Table(title="tessy bench", caption=result.describe())
+    head, rows = bench.table(result)
+    table = Table(title="tessy bench", caption=bench.describe(result))
     for col in head:
         table.add_column(col, justify="left" if col == "setup" else "right")
     for row in rows:
         table.add_row(*row)
     print_table(table)
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
-    for line in result.ratio_lines():
+        Path(args.json).write_text(json.dumps(bench.to_dict(result), indent=2) + "\n", encoding="utf-8")
+    for line in bench.ratio_lines(result):
         print(line)
     return EXIT_OK
 

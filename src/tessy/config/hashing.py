@@ -1,6 +1,7 @@
 """The config hash: a digest of every setting that changes the data.
 
-A field whose ``json_schema_extra`` says ``{"hashed": False}`` is left out; a path is hashed by
+A field whose ``json_schema_extra`` says ``{"hashed": False}`` is left out, and one that says
+``{"hashed": "when set"}`` is left out while it is ``None``; a path is hashed by
 its file's (or folder's) content, not its location, so a moved predictor checkpoint hashes the
 same and a retrained one not.
 """
@@ -31,6 +32,8 @@ def _hashed(model: BaseModel) -> dict[str, Any]:
         if isinstance(extra, dict) and extra.get("hashed") is False:
             continue
         value = getattr(model, name)
+        if value is None and isinstance(extra, dict) and extra.get("hashed") == "when set":
+            continue  # a field added later: unset, it leaves older configs' hashes as they were
         if isinstance(value, BaseModel):
             out[name] = _hashed(value)
         elif isinstance(value, Path):

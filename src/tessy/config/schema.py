@@ -47,6 +47,9 @@ __all__ = [
 
 #: Marks a field that does not change the synthesised data; it is left out of the config hash.
 NOT_HASHED: dict[str, Any] = {"hashed": False}
+#: Marks a field added after outputs were made: left out of the hash while unset (``None``), so
+#: configs written before it keep their hash.
+HASHED_WHEN_SET: dict[str, Any] = {"hashed": "when set"}
 
 
 def _resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
@@ -98,6 +101,14 @@ class LexiconPredictorConfig(_Model):
     phrases: tuple[str, ...] = Field((), description="Phrases added to the default list.")
     phrases_file: ConfigPath | None = Field(None, description="A file of phrases, one a line.")
     replace_defaults: bool = Field(False, description="Use only the given phrases, not the defaults.")
+    lookahead: int | None = Field(
+        None,
+        ge=0,
+        description="Tokens a streamed cut waits for past its next token; unset: the lexicon's own "
+        "(enough to finish its longest phrase, less where no phrase can be under way). "
+        "A sensitivity knob (`tessy bench --lookahead`).",
+        json_schema_extra=HASHED_WHEN_SET,
+    )
 
 
 class ClassifierPredictorConfig(_Model):

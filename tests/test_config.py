@@ -397,7 +397,7 @@ def test_hash_does_not_change_with_what_does_not_change_the_data(config_file: Pa
 
 
 def test_an_unset_lexicon_lookahead_stays_out_of_the_hash_so_older_configs_keep_theirs(config_file: Path) -> None:
-    from tessy.config import _hashed
+    from tessy.config.hashing import _hashed
 
     config = load_config(config_file)
     assert "lookahead" not in _hashed(config)["teacher"]["predictor"]

@@ -241,10 +241,10 @@ def test_damaged_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     assert "damaged lines skipped" in build_report([loaded]).html
 
 
-def served_student_config(tmp_path: Path, url: str) -> Path:
+def served_student_config(tmp_path: Path, url: str, fmt: str = "format: qwen3") -> Path:
     """The offline example with its student behind an OpenAI-compatible (vLLM) server at ``url``."""
     text = OFFLINE.read_text(encoding="utf-8")
-    student = f"student:\n  backend: openai\n  server: vllm\n  model: s\n  format: qwen3\n  endpoints: [{url}]\n\n"
+    student = f"student:\n  backend: openai\n  server: vllm\n  model: s\n  {fmt}\n  endpoints: [{url}]\n\n"
     config = tmp_path / "student.yaml"
     config.write_text(text[: text.index("student:")] + student + text[text.index("teacher:") :], encoding="utf-8")
     return config
@@ -280,3 +280,20 @@ def test_a_student_server_that_cannot_score_is_said_once(runs: dict[str, Path], 
         server.close()
     assert report.nll is None and len(server.requests) == 1  # not once per sample
     assert "Not computed" in report.html and "--score-model" in report.html
+
+
+def test_the_report_scores_in_the_students_format_with_its_options(runs: dict[str, Path], tmp_path: Path) -> None:
+    """The student's format is built as synthesis builds it: with its format options (here
+    gpt-oss at low reasoning effort), not a default rendering of the format's name."""
+    from fault_server import FaultServer
+
+    server = FaultServer()
+    try:
+        fmt = "format: gpt-oss\n  format_options: {reasoning_effort: low, current_date: ''}"
+        config = served_student_config(tmp_path, server.url, fmt)
+        _, report = write_report(runs["tessy"], html=tmp_path / "r.html", student_config=config)
+    finally:
+        server.close()
+    prompts = [r["body"]["prompt"] for r in server.requests]
+    assert report.nll is not None and prompts
+    assert all("Reasoning: low" in p and "Current date" not in p for p in prompts)

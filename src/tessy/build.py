@@ -9,6 +9,9 @@ through these functions, so a setting is honoured everywhere or nowhere. Heavy d
 from __future__ import annotations
 
 import os
+from typing import Any
+
+from pydantic import BaseModel
 
 from .backends.base import Backend, SamplingParams
 from .boundary.base import BoundaryPredictor
@@ -32,6 +35,11 @@ __all__ = [
 ]
 
 
+def _settings(config: BaseModel, *names: str) -> dict[str, Any]:
+    """Settings of a config as keyword arguments of the class they configure (named alike)."""
+    return {name: getattr(config, name) for name in names}
+
+
 def build_backend(config: RoleConfig) -> Backend:
     """The backend a role's config asks for (not started: local servers start on first use)."""
     if config.backend == "scripted":
@@ -40,48 +48,30 @@ def build_backend(config: RoleConfig) -> Backend:
         return ScriptedBackend.cycling(
             list(config.responses),
             list(config.answers),
-            latency_s=config.latency_s,
-            max_concurrency=config.max_concurrency,
             record=False,
+            **_settings(config, "latency_s", "max_concurrency"),
         )
     if config.backend == "openai":
         from .backends.openai import OpenAICompletionsBackend
 
         return OpenAICompletionsBackend(
-            model=config.model,
-            endpoints=config.endpoints,
-            server=config.server,
-            api_key_env=config.api_key_env,
-            max_concurrency=config.max_concurrency,
-            timeout_s=config.timeout_s,
-            connect_timeout_s=config.connect_timeout_s,
-            max_retries=config.max_retries,
-            backoff_s=config.backoff_s,
-            logprobs=config.logprobs,
-            extra_body=config.extra_body,
-        )
+            **_settings(
+                config, "model", "endpoints", "server", "api_key_env", "max_concurrency", "timeout_s",
+                "connect_timeout_s", "max_retries", "backoff_s", "logprobs", "extra_body",
+            )
+        )  # fmt: skip
     if config.backend == "llamacpp":
         from .backends.llamacpp import LlamaCppBackend
 
         return LlamaCppBackend(
-            config.model,
-            n_ctx=config.n_ctx,
-            n_parallel=config.n_parallel,
-            n_threads=config.n_threads,
-            startup_timeout_s=config.startup_timeout_s,
-            timeout_s=config.timeout_s,
+            config.model, **_settings(config, "n_ctx", "n_parallel", "n_threads", "startup_timeout_s", "timeout_s")
         )
     if config.backend == "hf":
         from .backends.hf import HFBackend  # torch and transformers load only when this backend is used
 
         return HFBackend.load(
             config.model,
-            tokenizer=config.tokenizer,
-            device=config.device,
-            dtype=config.dtype,
-            max_batch_size=config.max_batch_size,
-            cache_tokens=config.cache_tokens,
-            max_concurrency=config.max_concurrency,
+            **_settings(config, "tokenizer", "device", "dtype", "max_batch_size", "cache_tokens", "max_concurrency"),
         )
     raise ConfigError(f"unknown backend {config.backend!r}")
 
@@ -91,27 +81,17 @@ def build_predictor(config: PredictorConfig) -> BoundaryPredictor:
     if config.type == "lexicon":
         from .boundary.lexicon import LexiconPredictor
 
-        return LexiconPredictor(
-            config.phrases,
-            phrases_file=config.phrases_file,
-            replace_defaults=config.replace_defaults,
-            lookahead=config.lookahead,
-        )
+        return LexiconPredictor(config.phrases, **_settings(config, "phrases_file", "replace_defaults", "lookahead"))
     if config.type == "classifier":
         from .boundary.classifier import ClassifierPredictor
 
         return ClassifierPredictor.load(
             config.path,
-            device=config.device,
-            dtype=config.dtype,
-            window=config.window,
-            reuse=config.reuse,
-            reuse_margin=config.reuse_margin,
-            threshold=config.threshold,
-            max_batch=config.max_batch,
-            max_wait_ms=config.max_wait_ms,
-            max_states=config.max_states,
-        )
+            **_settings(
+                config, "device", "dtype", "window", "reuse", "reuse_margin", "threshold", "max_batch",
+                "max_wait_ms", "max_states",
+            ),
+        )  # fmt: skip
     raise ConfigError(f"unknown predictor type {config.type!r}")
 
 

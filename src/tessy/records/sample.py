@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -122,8 +123,7 @@ class SampleStats:
 
     @property
     def teacher_share(self) -> float:
-        total = self.total_tokens
-        return self.teacher_tokens / total if total else 0.0
+        return ratio(self.teacher_tokens, self.total_tokens)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -192,8 +192,23 @@ class Failure:
         return str(self).startswith(prefix)
 
 
+class WithSpans:
+    """The thinking and the answer of anything that holds spans (a result, a record)."""
+
+    __slots__ = ()
+    spans: list[Span]
+
+    @property
+    def thinking(self) -> str:
+        return phase_text(self.spans, "think")
+
+    @property
+    def answer(self) -> str:
+        return phase_text(self.spans, "answer")
+
+
 @dataclass(slots=True)
-class SampleResult:
+class SampleResult(WithSpans):
     """What the engine made of one sample: a response, or a failure with its reason."""
 
     sample: Sample
@@ -206,13 +221,15 @@ class SampleResult:
     def ok(self) -> bool:
         return self.failure is None
 
-    @property
-    def thinking(self) -> str:
-        return "".join(s.text for s in self.spans if s.phase == "think")
 
-    @property
-    def answer(self) -> str:
-        return "".join(s.text for s in self.spans if s.phase == "answer")
+def phase_text(spans: Iterable[Span], phase: Phase) -> str:
+    """The text of one phase: its spans joined."""
+    return "".join(s.text for s in spans if s.phase == phase)
+
+
+def ratio(part: float, whole: float) -> float:
+    """``part / whole``, or 0 when there is no whole (an empty run, a sample with no tokens)."""
+    return part / whole if whole else 0.0
 
 
 def _int(obj: dict[str, Any], key: str) -> int:

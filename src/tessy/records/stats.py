@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .sample import SampleResult
+from .sample import SampleResult, ratio
 from .stored import FailureRecord, Record
 
 __all__ = ["RunStats"]
@@ -66,18 +66,16 @@ class RunStats:
 
     @property
     def teacher_share(self) -> float:
-        total = self.total_tokens
-        return self.teacher_tokens / total if total else 0.0
+        return ratio(self.teacher_tokens, self.total_tokens)
 
     @property
     def teacher_think_share(self) -> float:
-        return self.teacher_think_tokens / self.think_tokens if self.think_tokens else 0.0
+        return ratio(self.teacher_think_tokens, self.think_tokens)
 
     @property
     def switches_per_sample(self) -> float:
-        return self.switches / self.written if self.written else 0.0
+        return ratio(self.switches, self.written)
 
     @property
     def discarded_per_kept(self) -> float:
-        total = self.total_tokens
-        return self.discarded_tokens / total if total else 0.0
+        return ratio(self.discarded_tokens, self.total_tokens)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..jsonl import iter_jsonl, skip_line
-from .sample import Failure, Message, Mode, SampleResult, SampleStats, Span, _str
+from .sample import Failure, Message, Mode, SampleResult, SampleStats, Span, WithSpans, _str
 
 __all__ = ["RESERVED", "FailureRecord", "Record", "read_failures", "read_records"]
 
@@ -46,7 +46,7 @@ def _spans(value: Any) -> list[Span]:
 
 
 @dataclass(frozen=True)
-class Record:
+class Record(WithSpans):
     """A finished sample as ``OUT.jsonl`` holds it.
 
     ``messages`` are the prompt's messages and the assistant's response (in the student's
@@ -126,14 +126,6 @@ class Record:
     def prompt(self) -> list[Message]:
         """The conversation the response answers (the messages before the assistant's)."""
         return self.messages[:-1] if self.response is not None else list(self.messages)
-
-    @property
-    def thinking(self) -> str:
-        return "".join(s.text for s in self.spans if s.phase == "think")
-
-    @property
-    def answer(self) -> str:
-        return "".join(s.text for s in self.spans if s.phase == "answer")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from typing import TypeVar
 from ..backends.base import GenerateRequest, Prompt
 from ..build import build_engine, build_role
 from ..config import RoleConfig
-from ..records import Sample, SampleResult, Source
+from ..records import RunStats, Sample, SampleResult, Source
 from .clock import run_virtual
 from .engine import make_engines
 from .settings import QUICK, BenchConfig, synth_config
@@ -189,13 +189,14 @@ async def _tessy(
 
     async with engine:
         row, results = await _measure(target, "streaming" if streaming else "chunked", concurrency, run, len(samples))
-    ok = [r for r in results if r.ok]
-    row.failed = len(results) - len(ok)
+    totals = RunStats()
     for r in results:
+        totals.add(r)
         if not r.ok:
             logger.warning("bench sample %s failed: %s", r.sample.id, r.failure)
-    row.tokens_per_sample = sum(r.stats.total_tokens for r in ok) / max(1, len(ok))
-    row.discarded_per_sample = sum(r.stats.discarded_tokens for r in results) / len(samples)
+    row.failed = totals.n_failed
+    row.tokens_per_sample = totals.total_tokens / max(1, totals.written)
+    row.discarded_per_sample = totals.discarded_tokens / len(samples)
     return row
 
 

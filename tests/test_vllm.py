@@ -31,7 +31,8 @@ from tessy.backends.openai import OpenAICompletionsBackend
 from tessy.cli import main
 from vllm_server import SERVED_NAME, VLLMServer, metrics
 
-pytestmark = pytest.mark.vllm
+# slow and contract too: the fast tier (-m "not slow and not real and not contract") leaves it out.
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.contract]
 
 PROMPT = "<|im_start|>user\nWhat is 12 + 30? Explain.<|im_end|>\n<|im_start|>assistant\n"
 GREEDY = SamplingParams(temperature=0.0, top_p=1.0, top_k=-1)

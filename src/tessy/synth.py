@@ -211,7 +211,9 @@ class Synthesis:
             if isinstance(item, BadLine):
                 summary.bad_lines += 1
                 if store is None:
-                    self.failures.append(FailureRecord.bad_input(item.key, item.error, item.raw, summary.config_hash))
+                    self.failures.append(
+                        FailureRecord.bad_input(item.key, item.error, item.raw, summary.config_hash, item.kind)
+                    )
                 elif item.key not in store.failed_ids:
                     store.write_bad_line(item)
             elif store is not None and item.id in store.done_ids:

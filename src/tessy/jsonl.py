@@ -134,6 +134,7 @@ class JsonlWriter:
         self.path = path
         self.fsync = fsync
         self._fd: int | None = None
+        self._size = 0  # the file's size after its last whole line (known once open)
         repair_tail(path)
         if create:
             self._open()
@@ -142,6 +143,7 @@ class JsonlWriter:
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._size = os.fstat(self._fd).st_size
         return self._fd
 
     def write(self, obj: Any) -> None:
@@ -159,18 +161,21 @@ class JsonlWriter:
             if self.fsync:
                 os.fsync(fd)
         except OSError as exc:
-            if written:
-                self._take_back(fd, written)
+            self._take_back(fd)
             raise DataError(
                 f"cannot write to {self.path}: {exc.strerror or exc}; the records written so far are kept, "
                 "run the same command again to resume once there is room"
             ) from None
+        self._size += len(data)
 
-    def _take_back(self, fd: int, written: int) -> None:
-        """Cut off the ``written`` bytes of a line that could not be finished (the file's last:
-        one run appends to an output at a time, see :class:`tessy.data.OutputStore`)."""
+    def _take_back(self, fd: int) -> None:
+        """Cut the file back to its last whole line, after a line that could not be finished.
+        The size is this writer's own count: one run appends to an output at a time (see
+        :class:`tessy.data.OutputStore`), and a failed ``write`` may have written part of its
+        bytes without saying how many."""
         try:
-            os.ftruncate(fd, os.fstat(fd).st_size - written)
+            if os.fstat(fd).st_size > self._size:
+                os.ftruncate(fd, self._size)
         except OSError:
             logger.warning("%s: could not cut off a partly written line; the next run will", self.path)
 

@@ -5,10 +5,13 @@ Each POST to ``/v1/completions`` takes the next behaviour from a queue (or the d
 ``ok`` (a valid completion), ``500``, ``429``, ``400``, ``hang`` (never answers in time),
 ``reset`` (drops the connection without a response), ``empty`` (no text), ``malformed``
 (not JSON), ``midstream`` (a stream that breaks after two tokens), ``noecho`` (ignores ``echo``,
-as llama.cpp's server does).
+as llama.cpp's server does), ``echo-key`` (a 401 whose message repeats the API key sent, as
+some gateways do), ``odd-usage`` (a completion whose ``usage.prompt_tokens_details`` is ``7``).
 With ``echo`` and ``logprobs``, an ``ok`` answer echoes the prompt split into words and newlines, each scored
 ``-len(word) / 10`` (the first ``null``), then one generated token, as vLLM answers.
-Every request body is recorded.
+Every request body is recorded. ``GET /v1/models`` lists :attr:`FaultServer.models` (the
+pre-flight check of a run), or answers :attr:`FaultServer.models_error` (a status and a message)
+when set.
 """
 
 from __future__ import annotations
@@ -33,11 +36,24 @@ class FaultServer:
         self.hang_s = hang_s
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
+        self.models: tuple[str, ...] = ("m", "s")
+        self.models_error: tuple[int, str] | None = None
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:  # keep test output quiet
                 pass
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") != "/v1/models":
+                    owner._json(self, 404, {"error": {"message": f"no route {self.path}"}})
+                elif owner.models_error is not None:
+                    status, message = owner.models_error
+                    owner._json(self, status, {"error": {"message": message, "type": "x"}})
+                else:
+                    owner._json(
+                        self, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in owner.models]}
+                    )
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
@@ -79,6 +95,10 @@ class FaultServer:
             message = {"500": "internal error", "429": "too many requests", "400": "prompt is too long (9000 > 8192)"}
             self._json(h, status, {"error": {"message": message[behaviour], "type": "x"}}, retry_after=(status == 429))
             return
+        if behaviour == "echo-key":
+            key = str(h.headers.get("Authorization", "")).removeprefix("Bearer ")
+            self._json(h, 401, {"error": {"message": f"Incorrect API key provided: {key}.", "type": "auth"}})
+            return
         if behaviour == "malformed":
             self._raw(h, 200, b"{this is not json", "application/json")
             return
@@ -94,7 +114,8 @@ class FaultServer:
         choice: dict[str, Any] = {"index": 0, "text": "".join(tokens), "finish_reason": finish}
         if body.get("logprobs"):
             choice["logprobs"] = {"tokens": tokens, "token_logprobs": [-0.1] * len(tokens)}
-        usage = {"prompt_tokens": 7, "completion_tokens": len(tokens), "prompt_tokens_details": {"cached_tokens": 3}}
+        usage: dict[str, Any] = {"prompt_tokens": 7, "completion_tokens": len(tokens)}
+        usage["prompt_tokens_details"] = 7 if behaviour == "odd-usage" else {"cached_tokens": 3}
         self._json(h, 200, {"choices": [choice], "usage": usage})
 
     def _raw(

@@ -148,19 +148,16 @@ def test_input_id_string_or_int(tmp_path: Path, raw: object, expected: str) -> N
 
 
 def test_id_without_input_id_is_a_stable_hash_of_the_prompt(tmp_path: Path) -> None:
-    path = write_lines(
-        tmp_path / "in.jsonl",
-        [
-            {"prompt": "What is 2 + 2?"},
-            {"prompt": "What is 2 + 3?"},
-            {"prompt": "What is 2 + 2?", "source": "dup"},
-            {"messages": [{"role": "user", "content": "What is 2 + 2?"}]},
-            {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "What is 2 + 2?"}]},
-            {"id": None, "prompt": "What is 2 + 2?"},
-        ],
-    )
-    ids = [item.id for item in read_all(path) if isinstance(item, Sample)]
-    assert len(ids) == 6
+    lines = [
+        {"prompt": "What is 2 + 2?"},
+        {"prompt": "What is 2 + 3?"},
+        {"prompt": "What is 2 + 2?", "source": "dup"},
+        {"messages": [{"role": "user", "content": "What is 2 + 2?"}]},
+        {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "What is 2 + 2?"}]},
+        {"id": None, "prompt": "What is 2 + 2?"},
+    ]
+    # One file per line: in one file, a prompt seen before is a duplicate (see the test below).
+    ids = [one_sample(tmp_path, obj).id for obj in lines]
     same = ids[0]
     assert ids[1] != same  # another prompt
     assert ids[2] == same  # other fields do not matter
@@ -169,7 +166,7 @@ def test_id_without_input_id_is_a_stable_hash_of_the_prompt(tmp_path: Path) -> N
     assert ids[5] == same  # a null id counts as none
     assert all(isinstance(i, str) and i for i in ids)
     # Stable: the same on another read, and equal to the documented function.
-    again = [item.id for item in read_all(path) if isinstance(item, Sample)]
+    again = [one_sample(tmp_path, obj).id for obj in lines]
     assert again == ids
     assert same == prompt_id([{"role": "user", "content": "What is 2 + 2?"}])
 

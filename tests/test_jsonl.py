@@ -128,10 +128,10 @@ def test_the_reader_skips_and_counts_damaged_lines_naming_file_and_line(
     damaged: list[int] = []
     with caplog.at_level(logging.WARNING, logger="tessy.jsonl"):
         objects = list(read_jsonl(path, damaged=damaged))
-    # Undecodable bytes are replaced: the line is still an object (the resume scan agrees).
-    assert [o["id"] for o in objects] == ["a", "\ufffd", "b"]
-    assert damaged == [3, 4, 5]
-    assert f"{path}:3" in caplog.text and f"{path}:5" in caplog.text
+    # Bytes that are no UTF-8 damage a line (tessy writes none): skipped, as the resume scan does.
+    assert [o["id"] for o in objects] == ["a", "b"]
+    assert damaged == [3, 4, 5, 6]
+    assert f"{path}:3" in caplog.text and f"{path}:6" in caplog.text
 
 
 def test_the_reader_is_lazy(tmp_path: Path) -> None:
@@ -172,3 +172,54 @@ def test_an_atomic_write_replaces_the_whole_file(tmp_path: Path) -> None:
     assert write_atomic(path, []) == 0
     assert path.read_bytes() == b""
     assert not (tmp_path / "sub" / "train.jsonl.tmp").exists()
+
+
+def test_a_full_disk_takes_back_the_part_of_a_line_it_wrote_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    real_write = os.write
+    calls = 0
+
+    def disk_fills_mid_line(fd: int, data: bytes) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return real_write(fd, data[:5])  # some of the line fits
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    path = tmp_path / "f.jsonl"
+    with JsonlWriter(path) as w:
+        w.write({"id": "a"})
+        monkeypatch.setattr(os, "write", disk_fills_mid_line)
+        with pytest.raises(DataError, match="No space left on device") as err:
+            w.write({"id": "b", "text": "long enough to be torn"})
+        monkeypatch.undo()
+    assert "\n" not in str(err.value)
+    assert path.read_bytes() == b'{"id": "a"}\n'  # no torn record
+
+
+def test_a_line_nested_thousands_deep_is_damaged_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b'{"id": "a"}\n' + b"[" * 5000 + b"]" * 5000 + b'\n{"id": "b"}\n')
+    damaged: list[int] = []
+    assert [o["id"] for o in read_jsonl(path, damaged=damaged)] == ["a", "b"]
+    assert damaged == [2]
+    assert scan_ids(path)[0] == {"a", "b"}
+
+
+def test_the_resume_scan_never_takes_a_line_damaged_in_its_middle_as_done(tmp_path: Path) -> None:
+    path = tmp_path / "f.jsonl"
+    good = b'{"id": "a", "messages": [], "spans": [{"text": "x"}], "config_hash": "h"}\n'
+    damaged = b'{"id": "b", "messages": [], "sp\x00\x00\x00"}], "config_hash": "h"}\n'  # starts and ends well
+    bad_bytes = b'{"id": "c", "text": "\xff\xfe", "config_hash": "h"}\n'
+    path.write_bytes(good + damaged + bad_bytes + good.replace(b'"a"', b'"d"'))
+    ids, hashes = scan_ids(path)
+    assert ids == {"a", "d"} and hashes == {"h"}
+
+
+def test_a_file_below_a_file_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "runs").write_text("I am a file")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        JsonlWriter(tmp_path / "runs" / "out.jsonl")

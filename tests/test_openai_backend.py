@@ -181,12 +181,71 @@ def _write_run(tmp_path: Path, url: str, n: int) -> Path:
     return path
 
 
-def test_a_dead_server_never_hangs_a_run_and_nothing_is_lost(tmp_path):
-    summary = tessy.synthesize(tessy.load_config(_write_run(tmp_path, dead_url(), 5)))
+def test_a_dead_server_ends_the_run_before_the_first_sample_naming_it(tmp_path):
+    url = dead_url()
+    with pytest.raises(BackendError, match=rf"{url}/models does not answer \(ConnectError"):
+        tessy.synthesize(tessy.load_config(_write_run(tmp_path, url, 5)))
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.failed.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("models", "error", "said"),
+    [
+        (("other-model",), None, "serves 'other-model', not 'm'"),
+        ((), (401, "invalid API key"), "answered HTTP 401: invalid API key"),
+        ((), (404, "Not Found"), "answered HTTP 404: Not Found"),
+    ],
+)
+def test_a_server_that_serves_another_model_or_refuses_ends_the_run_at_once(tmp_path, server, models, error, said):
+    server.models, server.models_error = models, error
+    with pytest.raises(BackendError, match=said):
+        tessy.synthesize(tessy.load_config(_write_run(tmp_path, server.url, 5)))
+    assert server.requests == []  # not one completion was asked for
+
+
+def test_every_replica_is_checked(tmp_path, server):
+    path = _write_run(tmp_path, server.url, 2)
+    dead = dead_url()
+    with pytest.raises(BackendError, match=dead):
+        tessy.synthesize(tessy.load_config(path, [f"teacher.endpoints=[{server.url}, {dead}]"]))
+
+
+def test_a_server_that_dies_after_the_check_fails_samples_and_nothing_is_lost(tmp_path, server):
+    server.default = "reset"
+    summary = tessy.synthesize(tessy.load_config(_write_run(tmp_path, server.url, 5)))
     assert summary.written == 0 and summary.failed == {"request_failures": 5}
     failed = [json.loads(line) for line in (tmp_path / "out.failed.jsonl").read_text().splitlines()]
     assert sorted(f["id"] for f in failed) == [f"p{i}" for i in range(5)]
-    assert all("ConnectError" in f["failure"] for f in failed)
+
+
+def test_an_api_key_echoed_in_a_servers_error_is_redacted_from_logs_and_the_failure_file(
+    tmp_path, server, monkeypatch, caplog
+):
+    key = "sk-test-0123456789abcdef"
+    monkeypatch.setenv("TESSY_TEST_KEY", key)
+    server.default = "echo-key"
+    path = _write_run(tmp_path, server.url, 2)
+    with caplog.at_level(logging.DEBUG):
+        summary = tessy.synthesize(
+            tessy.load_config(path, ["teacher.api_key_env=TESSY_TEST_KEY", "student.api_key_env=TESSY_TEST_KEY"])
+        )
+    assert summary.n_failed == 2
+    assert server.requests[0]["headers"]["Authorization"] == f"Bearer {key}"  # it was sent
+    failures = (tmp_path / "out.failed.jsonl").read_text()
+    assert "[redacted]" in failures and "Incorrect API key provided" in failures
+    assert key not in failures and key not in caplog.text
+    assert key[:12] not in failures
+
+
+def test_an_odd_usage_field_fails_its_sample_with_a_reason_and_the_run_goes_on(tmp_path, server):
+    """``prompt_tokens_details: 7`` (no object): the sample fails with what went wrong, not the run."""
+    server.queue("odd-usage")
+    summary = tessy.synthesize(
+        tessy.load_config(_write_run(tmp_path, server.url, 3), ["max_in_flight=1", "mode=teacher-only"])
+    )
+    assert summary.written == 2 and summary.failed == {"unexpected_error": 1}
+    (failed,) = [json.loads(line) for line in (tmp_path / "out.failed.jsonl").read_text().splitlines()]
+    assert failed["failure"].startswith("unexpected_error: AttributeError") and "openai.py:" in failed["failure"]
 
 
 def test_a_flaky_server_still_gives_every_sample(tmp_path, server):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -447,7 +448,8 @@ def test_bad_input_lines_through_the_cli(tmp_path: Path, capsys: pytest.CaptureF
     source = tmp_path / "in.jsonl"
     write_mixed_input(source)
     out = tmp_path / "out.jsonl"
-    assert main(["synth", "--config", str(OFFLINE), "--input", str(source), "--output", str(out)]) == 0
+    argv = ["synth", "--config", str(OFFLINE), "--input", str(source), "--output", str(out), "max_failure_rate=1"]
+    assert main(argv) == 0
     assert len(records(out)) == 3
     assert len(records(failed_path(out))) == 4
     text = flat(capsys.readouterr().out)
@@ -734,3 +736,262 @@ def test_resume_after_kill(tmp_path: Path) -> None:
     assert records(failed_path(out)) == []
     assert f"{len(seen)} / 0" in flat(done.stdout)
     assert time.monotonic() - started < 30
+
+
+# -- hostile input -----------------------------------------------------------------------------
+
+
+def strict_json(line: str) -> Any:
+    """A line as strict JSON (no NaN, no Infinity), as jq and other languages' readers take it."""
+
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"{name} in {line[:80]!r}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_hostile_input_lines_are_recorded_with_a_reason_and_every_output_line_is_strict_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.jsonl"
+    lines = [
+        '{"id": "ok-1", "prompt": "fine"}',
+        "[" * 5000 + "]" * 5000,  # RecursionError in the JSON reader
+        '{"id": "ok-1", "prompt": "the same id again"}',
+        '{"id": "nan", "prompt": "q", "score": NaN}',
+        '{"id": "inf", "prompt": "q", "weights": [1, -Infinity]}',
+        '{"id": "sur", "prompt": "bad \\ud800 surrogate"}',
+        '{"id": "sur-field", "prompt": "q", "meta": {"note": "\\udfff"}}',
+        '{"id": "ok-2", "prompt": "fine too"}',
+    ]
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    config = offline(out, f"data.input={source}")
+    summary = tessy.synthesize(config)
+    assert summary.written == 2 and summary.bad_lines == 6
+    assert [r["id"] for r in records(out)] in (["ok-1", "ok-2"], ["ok-2", "ok-1"])
+    failed = {f["id"]: f["failure"] for f in records(failed_path(out))}
+    assert failed.keys() == {f"in.jsonl:{n}" for n in (2, 3, 4, 5, 6, 7)}
+    assert failed["in.jsonl:2"].startswith("bad_input") and "nested too deep" in failed["in.jsonl:2"]
+    assert failed["in.jsonl:3"].startswith("duplicate_id") and "line 1" in failed["in.jsonl:3"]
+    assert "NaN" in failed["in.jsonl:4"] and "-Infinity" in failed["in.jsonl:5"]
+    assert "surrogate" in failed["in.jsonl:6"] and "'meta'.note" in failed["in.jsonl:7"]
+    # Every line of both files is strict UTF-8 JSON, as jq and tessy export read it.
+    for path in (out, failed_path(out)):
+        for line in path.read_bytes().decode("utf-8").splitlines():
+            strict_json(line)
+        jq = subprocess.run(["jq", "-c", ".id", str(path)], capture_output=True, text=True)
+        assert jq.returncode == 0, jq.stderr
+    assert main(["export", str(out), "--format", "trl", "--out", str(tmp_path / "trl.jsonl")]) == 0
+    assert len(records(tmp_path / "trl.jsonl")) == 2
+
+    # A rerun skips the first ok-1 as done and records nothing twice (the duplicate stays one).
+    before = failed_path(out).read_bytes()
+    again = tessy.synthesize(config)
+    assert (again.written, again.skipped_done, again.bad_lines) == (0, 2, 6)
+    assert failed_path(out).read_bytes() == before
+
+
+async def test_duplicate_ids_in_prompts_given_in_memory_are_recorded_too() -> None:
+    prompts = [{"id": "a", "prompt": "q"}, {"id": "b", "prompt": "r"}, {"id": "a", "prompt": "s"}]
+    config = load_config(OFFLINE, ["data.output=null"])  # records and failures in memory
+    async with tessy.Synthesis(config, prompts=prompts) as run:
+        done = [record.id async for record in run]
+    assert sorted(done) == ["a", "b"]
+    assert [(f.id, f.failure.kind) for f in run.failures] == [("the given list:3", "duplicate_id")]
+    assert "item 1 has it too" in f"{run.failures[0].failure}"
+
+
+# -- unattended runs ---------------------------------------------------------------------------
+
+
+def synth_argv(out: Path, *extra: str, source: Path = PROMPTS) -> list[str]:
+    return ["synth", "--config", str(OFFLINE), "--input", str(source), "--output", str(out), *extra]
+
+
+def one_line_error(err: str, *needles: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in flat(err), (needle, err)
+
+
+def test_too_many_failed_inputs_fail_the_run_and_the_summary_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.jsonl"
+    write_mixed_input(source)  # 4 of 7 lines are no prompt: 57%
+    out = tmp_path / "out.jsonl"
+    assert main(synth_argv(out, source=source)) == 3
+    captured = capsys.readouterr()
+    assert "57.1% (limit 50%, max_failure_rate): TOO MANY" in flat(captured.out)
+    assert "over max_failure_rate=0.5" in flat(captured.err)
+    saved = json.loads(out.with_name("out.summary.json").read_text(encoding="utf-8"))
+    assert saved["too_many_failures"] is True and saved["failure_rate"] == 0.5714
+    # The same output, resumed, reports the same rate (finished inputs of the first run count).
+    assert main(synth_argv(out, "max_failure_rate=0.6", source=source)) == 0
+    # 0: any failure fails the run.
+    assert main(synth_argv(tmp_path / "clean.jsonl", "max_failure_rate=0")) == 0
+    assert main(synth_argv(tmp_path / "any.jsonl", "max_failure_rate=0", source=source)) == 3
+
+
+def test_every_run_writes_its_summary_as_data_beside_the_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "runs" / "exp #2.jsonl"
+    assert main(synth_argv(out)) == 0
+    path = out.with_name("exp #2.summary.json")
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    assert saved["written"] == len(example_ids()) and saved["error"] is None
+    assert saved["output"] == str(out) and saved["config_hash"] == records(out)[0]["config_hash"]
+    assert {"failure_rate", "max_failure_rate", "samples_per_s", "tokens_per_s", "total"} <= saved.keys()
+    assert not list(out.parent.glob("*.tmp"))  # written through a temporary file, then renamed
+
+
+def test_a_second_run_on_the_same_output_refuses_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tessy.data import OutputStore
+
+    out = tmp_path / "out.jsonl"
+    first = OutputStore.open(out, config={}, config_hash="h")  # a run that is writing
+    try:
+        before = sorted(p.name for p in tmp_path.iterdir())
+        assert main(synth_argv(out)) == 1
+        one_line_error(capsys.readouterr().err, "another tessy run", f"process {os.getpid()}", str(out))
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, not even a summary
+        with pytest.raises(DataError, match="another tessy run"):
+            tessy.synthesize(offline(out))
+    finally:
+        first.close()
+    # Released on close (and by the kernel on a crash, see test_resume_after_kill): a run goes on.
+    assert main(synth_argv(out, "data.allow_config_change=true")) == 0
+
+
+def test_two_processes_on_one_output_write_each_id_once(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    ids = write_prompts(tmp_path / "in.jsonl", 40)
+    cmd = [sys.executable, "-m", "tessy.cli", *synth_argv(out, "student.latency_s=0.01", source=tmp_path / "in.jsonl")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    runs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    codes = sorted(p.wait(timeout=120) for p in runs)
+    assert codes[0] == 0
+    assert sorted(r["id"] for r in records(out)) == sorted(ids)  # never two lines for one id
+    if codes[1] != 0:
+        assert b"another tessy run" in b"".join(p.stderr.read() for p in runs if p.stderr)
+
+
+@pytest.fixture
+def refuse_open(monkeypatch: pytest.MonkeyPatch):
+    """Make ``os.open`` of one path fail as a read-only file or folder does (tests run as root here,
+    where permissions do not stop a write)."""
+    import errno
+
+    real_open = os.open
+
+    def install(target: Path) -> None:
+        def fake_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if Path(path) == target and flags & (os.O_WRONLY | os.O_RDWR):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", fake_open)
+
+    return install
+
+
+def test_a_read_only_output_is_found_before_any_sample_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], refuse_open: Any
+) -> None:
+    out = tmp_path / "out.jsonl"
+    assert main(synth_argv(out, "--limit", "1")) == 0
+    before = out.read_bytes()
+    refuse_open(out)
+    assert main(synth_argv(out)) == 1
+    one_line_error(capsys.readouterr().err, f"cannot write to {out}", "Permission denied")
+    assert out.read_bytes() == before and not failed_path(out).exists()
+
+
+def test_a_read_only_folder_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], refuse_open: Any
+) -> None:
+    out = tmp_path / "out.jsonl"
+    refuse_open(tmp_path / "out.lock")
+    assert main(synth_argv(out)) == 1
+    one_line_error(capsys.readouterr().err, f"cannot write in the folder {tmp_path}")
+    assert not out.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only files")
+def test_a_really_read_only_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_text("")
+    out.chmod(0o444)
+    assert main(synth_argv(out)) == 1
+    one_line_error(capsys.readouterr().err, "cannot write to")
+
+
+def test_an_output_below_a_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "runs").write_text("a file")
+    assert main(synth_argv(tmp_path / "runs" / "out.jsonl")) == 1
+    one_line_error(capsys.readouterr().err, "is a file, not a folder")
+
+
+def test_a_full_disk_ends_the_run_in_one_line_with_no_torn_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from tessy import jsonl
+
+    out = tmp_path / "out.jsonl"
+    real_write = os.write
+    lines = 0
+
+    def fills_up(fd: int, data: bytes) -> int:
+        nonlocal lines
+        lines += 1
+        if lines <= 2:
+            return real_write(fd, data)
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(jsonl.os, "write", fills_up)
+    assert main(synth_argv(out, "max_in_flight=1")) == 1
+    monkeypatch.undo()
+    one_line_error(capsys.readouterr().err, "No space left on device", str(out))
+    assert len(records(out)) == 2  # every line whole; the third taken back
+    # Resumed once there is room: the rest is written, nothing twice.
+    assert main(synth_argv(out)) == 0
+    assert sorted(r["id"] for r in records(out)) == sorted(example_ids())
+
+
+def test_a_config_that_is_not_utf8_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_bytes(OFFLINE.read_bytes() + b"\n# caf\xe9\n")
+    assert main(["synth", "--config", str(config), "--output", str(tmp_path / "out.jsonl")]) == 1
+    one_line_error(capsys.readouterr().err, "is not UTF-8")
+
+
+def test_progress_lines_go_to_a_stderr_that_is_no_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "in.jsonl"
+    write_mixed_input(source)
+    out = tmp_path / "out.jsonl"
+    assert main(synth_argv(out, "progress_interval_s=0.000001", "max_failure_rate=1", source=source)) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("synth: ")]
+    assert err, "no progress line"
+    last = err[-1]
+    assert "/7 inputs" in last and "samples/s" in last and "tokens/s" in last and "ETA" in last
+    assert "failed bad input lines 4" in last
+
+
+async def test_a_stalled_run_still_logs_a_progress_line() -> None:
+    from tessy.cli.common import ProgressLog
+
+    lines: list[str] = []
+    log = ProgressLog("synth", 0.05, lines.append)
+    beat = asyncio.create_task(log.heartbeat())
+    await asyncio.sleep(0.2)  # no sample ends
+    beat.cancel()
+    assert len(lines) >= 2 and "no sample has ended yet" in lines[0]

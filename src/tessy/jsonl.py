@@ -7,8 +7,9 @@ a full disk) can leave a torn *last* line: :func:`repair_tail` cuts it off, and 
 does so when it opens a file. A damaged line elsewhere is never cut (the lines after it are
 good); readers skip it with a ``file:line`` warning.
 
-Lines are read as UTF-8 with undecodable bytes replaced, everywhere (readers and the resume
-scan agree on which lines hold an object).
+Lines are read as strict UTF-8 everywhere (tessy writes nothing else): a line with bytes that
+are no UTF-8, or that is not one whole JSON object, is damaged, for readers and the resume scan
+alike (they agree on which lines hold an object, so a damaged line is never taken as done).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -52,10 +52,11 @@ def encode_line(obj: Any) -> bytes:
 
 
 def _decode(raw: bytes) -> Any:
-    """The JSON value of a line, or ``None`` when it is not JSON."""
+    """The JSON value of a line, or ``None`` when it is not JSON (or not UTF-8, or nested too
+    deep for the parser: a line of 5,000 brackets must not end a run)."""
     try:
-        return json.loads(raw.decode("utf-8", errors="replace"))
-    except json.JSONDecodeError:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
 
 
@@ -113,6 +114,11 @@ def repair_tail(path: Path) -> int:
 def _check_file(path: Path) -> None:
     if path.is_dir():
         raise DataError(f"{path} is a folder; give a file name such as out.jsonl")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DataError(f"{path} cannot be made: {parent} is a file, not a folder")
+            break
 
 
 class JsonlWriter:
@@ -128,6 +134,7 @@ class JsonlWriter:
         self.path = path
         self.fsync = fsync
         self._fd: int | None = None
+        self._size = 0  # the file's size after its last whole line (known once open)
         repair_tail(path)
         if create:
             self._open()
@@ -136,16 +143,41 @@ class JsonlWriter:
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._size = os.fstat(self._fd).st_size
         return self._fd
 
     def write(self, obj: Any) -> None:
+        """Append ``obj`` as one line. A write that fails (a full disk, a quota, an I/O error)
+        takes back what it wrote of the line and raises :class:`DataError`: no torn line."""
         data = encode_line(obj)
-        fd = self._open()
-        written = os.write(fd, data)
-        while written < len(data):  # a short write (full disk, signals) must not tear a line
-            written += os.write(fd, data[written:])
-        if self.fsync:
-            os.fsync(fd)
+        try:
+            fd = self._open()
+        except OSError as exc:
+            raise DataError(f"cannot write to {self.path}: {exc.strerror or exc}") from None
+        written = 0
+        try:
+            while written < len(data):  # a short write (signals, a nearly full disk) must not tear a line
+                written += os.write(fd, data[written:])
+            if self.fsync:
+                os.fsync(fd)
+        except OSError as exc:
+            self._take_back(fd)
+            raise DataError(
+                f"cannot write to {self.path}: {exc.strerror or exc}; the records written so far are kept, "
+                "run the same command again to resume once there is room"
+            ) from None
+        self._size += len(data)
+
+    def _take_back(self, fd: int) -> None:
+        """Cut the file back to its last whole line, after a line that could not be finished.
+        The size is this writer's own count: one run appends to an output at a time (see
+        :class:`tessy.data.OutputStore`), and a failed ``write`` may have written part of its
+        bytes without saying how many."""
+        try:
+            if os.fstat(fd).st_size > self._size:
+                os.ftruncate(fd, self._size)
+        except OSError:
+            logger.warning("%s: could not cut off a partly written line; the next run will", self.path)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -199,23 +231,16 @@ def read_jsonl(path: Path, *, missing_ok: bool = False, damaged: list[int] | Non
         yield obj
 
 
-# The lines tessy writes start with the id and end with the config hash: read those two
-# without decoding the whole record (a resume scans every line of a large output).
-_ID_PREFIX = re.compile(r'^\{"id":\s*("(?:[^"\\]|\\.)*")')
-_HASH_SUFFIX = re.compile(r'"config_hash":\s*"([^"]*)"\}\s*$')
+def _id_and_hash(raw: bytes) -> tuple[str, str] | None:
+    """``(id, config_hash)`` of a line, or ``None`` if it is not a whole JSON object with an id.
 
-
-def _id_and_hash(line: str) -> tuple[str, str] | None:
-    """``(id, config_hash)`` of a line, or ``None`` if it is not an object with an id."""
-    m, h = _ID_PREFIX.match(line), _HASH_SUFFIX.search(line)
-    if m is not None and h is not None:
-        return json.loads(m.group(1)), h.group(1)
-    # Not one of our fast-path lines (another tool's key order, an int id): decode it fully.
-    try:
-        obj = json.loads(line)
-        return str(obj["id"]), str(obj.get("config_hash", ""))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+    The whole line is decoded, not just its id and hash read: a line damaged in its middle must
+    run again, not count as done. (C's JSON decoder reads a few hundred MB a second, a small
+    part of a resume next to the run itself.)"""
+    obj = _decode(raw)
+    if not isinstance(obj, dict) or not isinstance(obj.get("id"), (str, int)) or isinstance(obj["id"], bool):
         return None
+    return str(obj["id"]), str(obj.get("config_hash", ""))
 
 
 def scan_ids(path: Path) -> tuple[set[str], set[str]]:
@@ -232,10 +257,9 @@ def scan_ids(path: Path) -> tuple[set[str], set[str]]:
     repair_tail(path)
     with path.open("rb") as f:
         for line_no, raw in enumerate(f, start=1):
-            line = raw.decode("utf-8", errors="replace")
-            if not line.strip():
+            if not raw.strip():
                 continue
-            found = _id_and_hash(line)
+            found = _id_and_hash(raw)
             if found is None:
                 logger.warning(
                     "%s: line %d is damaged; it is left as it is and its sample will run again", path, line_no

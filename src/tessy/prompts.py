@@ -5,7 +5,9 @@ files that ``datasets.load_dataset`` reads) or a dataset on the Hugging Face Hub
 :class:`PromptSource`; all but JSONL need the ``datasets`` package); or, from Python, a list of
 prompt strings, of dicts, of :class:`Sample` s, or a ``datasets.Dataset`` (:func:`iter_samples`).
 An input that is not a prompt comes out as a :class:`BadLine` with its line or row and why, so
-every input ends up somewhere.
+every input ends up somewhere: lines that are not strict JSON (``NaN``, ``Infinity``, nesting
+too deep to parse), text that cannot be UTF-8 (lone surrogates), and a second input with an id
+seen before (``duplicate_id``: only the first is run, whatever the order of a resume).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +49,8 @@ class BadLine:
     error: str
     raw: str
     unit: str = "line"
+    #: The failure's kind in the failure file: ``bad_input``, or ``duplicate_id``.
+    kind: str = "bad_input"
 
     @property
     def key(self) -> str:
@@ -231,9 +236,42 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
                 yield line_no, ValueError(f"not valid UTF-8 (byte {exc.start})"), line
                 continue
             try:
-                yield line_no, json.loads(line), line
+                yield line_no, json.loads(line, parse_constant=_no_constant), line
             except json.JSONDecodeError as exc:
                 yield line_no, ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})"), line
+            except RecursionError:
+                yield line_no, ValueError("not valid JSON (nested too deep to read)"), line
+            except ValueError as exc:
+                yield line_no, exc, line
+
+
+def _no_constant(name: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity``: Python's JSON reader takes them, strict JSON (and
+    ``jq``, and every record reader) does not."""
+    raise ValueError(f"not strict JSON ({name} is no JSON number; write null or a string)")
+
+
+def _unwritable(obj: Any) -> str | None:
+    """Why ``obj`` cannot be written as strict UTF-8 JSON, naming where (a lone surrogate in a
+    text, a non-finite number), or ``None``. Iterative: a deep value must not end the run."""
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return f"{where or 'the value'} holds a lone surrogate ({value[exc.start]!r} at {exc.start}), not text"
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"{where or 'the value'} is {value}, which is no JSON number"
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                inner = f"{where}.{key}" if where else f"'{key}'"
+                stack.append((f"a key of {where or 'the object'}", key))
+                stack.append((inner, item))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+    return None
 
 
 def prompt_id(messages: list[Message]) -> str:
@@ -265,6 +303,9 @@ def parse_prompt(obj: Any, *, prompt_field: str | None = None, id_field: str = "
     """Turn one decoded input object into a :class:`Sample` (``ValueError`` says why it cannot)."""
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    problem = _unwritable(obj)
+    if problem is not None:
+        raise ValueError(f"{problem}; every output line must be strict JSON")
     if prompt_field is not None:
         field = prompt_field
     elif "messages" in obj:
@@ -299,19 +340,40 @@ def read_prompts(
     source = PromptSource.of(source)
     source.check()
     label, unit = str(source), "line" if source.kind == "jsonl" else "row"
+    seen = _Seen(unit)
     for number, obj, raw in source.rows():
         try:
             if isinstance(obj, ValueError):
                 raise obj
-            yield parse_prompt(obj, prompt_field=prompt_field, id_field=id_field)
-        except ValueError as exc:
-            if raw is None:
-                raw = json.dumps(obj, ensure_ascii=False)
-            bad = BadLine(label, number, str(exc), raw, unit)
-            if strict:
-                raise DataError(f"{bad} (data.strict is on; turn it off to record such lines and go on)") from None
-            logger.error("skipping malformed input %s", bad)
-            yield bad
+            sample = parse_prompt(obj, prompt_field=prompt_field, id_field=id_field)
+        except (ValueError, RecursionError) as exc:
+            why = str(exc) if isinstance(exc, ValueError) else "nested too deep to read"
+            bad = BadLine(label, number, why, raw if raw is not None else _raw(obj), unit)
+        else:
+            duplicate = seen.duplicate(sample.id, number)
+            if duplicate is None:
+                yield sample
+                continue
+            bad = BadLine(label, number, duplicate, raw if raw is not None else _raw(obj), unit, "duplicate_id")
+        if strict:
+            raise DataError(f"{bad} (data.strict is on; turn it off to record such lines and go on)") from None
+        logger.error("skipping malformed input %s", bad)
+        yield bad
+
+
+class _Seen:
+    """The ids read so far, each with the line (or row, or item) that first had it."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+        self.first: dict[str, int] = {}
+
+    def duplicate(self, sample_id: str, number: int) -> str | None:
+        """Why ``sample_id`` at ``number`` is a duplicate, or ``None`` (then it is remembered)."""
+        first = self.first.setdefault(sample_id, number)
+        if first == number:
+            return None
+        return f"duplicate id {sample_id!r}: {self.unit} {first} has it too, and only that one is run"
 
 
 #: What :func:`iter_samples` takes: a file or folder, a :class:`PromptSource`, or prompts in memory
@@ -338,26 +400,44 @@ def iter_samples(
         yield from read_prompts(prompts, prompt_field=prompt_field, id_field=id_field, strict=strict)
         return
     label = f"the given {type(prompts).__name__}"
+    seen = _Seen("item")
     for number, item in enumerate(prompts, start=1):
-        if isinstance(item, Sample):
-            yield item
-            continue
         try:
-            if isinstance(item, str):
-                item = {prompt_field or "prompt": item}
-            elif isinstance(item, Mapping):
-                item = _jsonable(dict(item))  # a dataset's row may hold dates, arrays...
-            yield parse_prompt(item, prompt_field=prompt_field, id_field=id_field)
-        except ValueError as exc:
-            bad = BadLine(label, number, str(exc), _raw(item), "item")
-            if strict:
-                raise DataError(f"{bad} (strict is on; turn it off to record such items and go on)") from None
-            logger.error("skipping malformed prompt %s", bad)
-            yield bad
+            if isinstance(item, Sample):
+                problem = _unwritable({"id": item.id, "messages": item.messages, "fields": item.fields})
+                if problem is not None:
+                    raise ValueError(f"{problem}; every output line must be strict JSON")
+                sample = item
+            else:
+                if isinstance(item, str):
+                    item = {prompt_field or "prompt": item}
+                elif isinstance(item, Mapping):
+                    item = _jsonable(dict(item))  # a dataset's row may hold dates, arrays...
+                sample = parse_prompt(item, prompt_field=prompt_field, id_field=id_field)
+        except (ValueError, RecursionError) as exc:
+            why = str(exc) if isinstance(exc, ValueError) else "nested too deep to read"
+            bad = BadLine(label, number, why, _raw(item), "item")
+        else:
+            duplicate = seen.duplicate(sample.id, number)
+            if duplicate is None:
+                yield sample
+                continue
+            bad = BadLine(label, number, duplicate, _raw(item), "item", "duplicate_id")
+        if strict:
+            raise DataError(f"{bad} (strict is on; turn it off to record such items and go on)") from None
+        logger.error("skipping malformed prompt %s", bad)
+        yield bad
 
 
 def _raw(item: Any) -> str:
+    """An input as text for the failure file (with ASCII escapes where it holds a lone surrogate)."""
+    if isinstance(item, Sample):
+        item = {"id": item.id, "messages": item.messages, "fields": item.fields}
     try:
-        return json.dumps(item, ensure_ascii=False, default=str)
-    except ValueError:
+        text = json.dumps(item, ensure_ascii=False, default=str)
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return json.dumps(item, default=str)
+    except (ValueError, RecursionError):
         return repr(item)

@@ -34,6 +34,7 @@ from .engine import Engine
 from .errors import ConfigError, DataError
 from .prompts import BadLine, Prompts, PromptSource, iter_samples
 from .records import FailureRecord, Record, RunStats, Sample, read_records
+from .records.sample import ratio
 
 __all__ = ["RunSummary", "Synthesis", "asynthesize", "count_prompts", "synthesize"]
 
@@ -59,6 +60,10 @@ class RunSummary(RunStats):
     skipped_failed: int = 0
     bad_lines: int = 0
     wall_s: float = 0.0
+    #: The most :attr:`failure_rate` a run may end with and still succeed (``max_failure_rate``).
+    max_failure_rate: float = 0.5
+    #: ``None`` while running or after a clean end; else why the run stopped early.
+    error: str | None = None
 
     @property
     def processed(self) -> int:
@@ -66,18 +71,44 @@ class RunSummary(RunStats):
         return self.written + self.n_failed + self.skipped_done + self.skipped_failed + self.bad_lines
 
     @property
+    def failure_rate(self) -> float:
+        """The share of the inputs read that have no record: samples that failed (now or, not
+        retried, in an earlier run) and lines that were no prompt. Counted over every input
+        read, finished ones of earlier runs included, so a resume reports what a single run
+        would have."""
+        return ratio(self.n_failed + self.skipped_failed + self.bad_lines, self.processed)
+
+    @property
+    def too_many_failures(self) -> bool:
+        """Whether :attr:`failure_rate` is over :attr:`max_failure_rate` (with 0: any failure)."""
+        rate = self.failure_rate
+        return rate > 0 if self.max_failure_rate == 0 else rate > self.max_failure_rate
+
+    @property
     def tokens_per_s(self) -> float:
         return self.total_tokens / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def samples_per_s(self) -> float:
+        """Samples that ran (finished or failed) per second; skipped inputs cost nothing."""
+        return (self.written + self.n_failed) / self.wall_s if self.wall_s else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "config_hash": self.config_hash,
             "output": str(self.output) if self.output else None,
+            "failed_path": str(self.failed_path) if self.failed_path else None,
+            "error": self.error,
+            "total": self.total,
+            "processed": self.processed,
             "written": self.written,
             "failed": dict(self.failed),
             "skipped_done": self.skipped_done,
             "skipped_failed": self.skipped_failed,
             "bad_lines": self.bad_lines,
+            "failure_rate": round(self.failure_rate, 4),
+            "max_failure_rate": self.max_failure_rate,
+            "too_many_failures": self.too_many_failures,
             "teacher_tokens": self.teacher_tokens,
             "student_tokens": self.student_tokens,
             "teacher_share": round(self.teacher_share, 4),
@@ -87,6 +118,7 @@ class RunSummary(RunStats):
             "prefix_misses": self.prefix_misses,
             "guards": dict(self.guards),
             "tokens_per_s": round(self.tokens_per_s, 2),
+            "samples_per_s": round(self.samples_per_s, 3),
             "wall_s": round(self.wall_s, 3),
         }
 
@@ -127,7 +159,11 @@ class Synthesis:
         self.output = Path(output) if output is not None else data.output
         if self.output is not None and self.output.is_dir():
             raise ConfigError(f"the output {self.output} is a folder; give a file name such as out.jsonl")
-        self.summary = RunSummary(config_hash=self.config.config_hash(), output=self.output)
+        self.summary = RunSummary(
+            config_hash=self.config.config_hash(),
+            output=self.output,
+            max_failure_rate=self.config.max_failure_rate,
+        )
         #: Failed samples and inputs that were no prompts, when there is no output file.
         self.failures: list[FailureRecord] = []
         self._engine, self._owned = engine, engine is None
@@ -157,23 +193,35 @@ class Synthesis:
             self.summary.total = count_prompts(PromptSource.of(self.prompts), config.limit)
         elif self._progress is not None and hasattr(self.prompts, "__len__"):
             self.summary.total = min(len(self.prompts), config.limit or len(self.prompts))  # type: ignore[arg-type]
-        if self._engine is None:
-            try:
+        try:
+            if self._engine is None:
                 self._engine = build_engine(config)
-            except BaseException:
-                self._close_store()
-                raise
+            await self._engine.check()  # every server answers and serves its model, before any sample
+        except BaseException:
+            self._close_store()
+            if self._owned and self._engine is not None:
+                await self._engine.aclose()
+                self._engine = None
+            raise
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._iterator is not None:
-            await self._iterator.aclose()  # left early (a break): stop the samples still in flight
-        self._close_store()
-        if self._owned and self._engine is not None:
-            await self._engine.aclose()
-        self.summary.wall_s = time.perf_counter() - self._started
+        try:
+            if self._iterator is not None:
+                await self._iterator.aclose()  # left early (a break): stop the samples still in flight
+        finally:
+            self.summary.wall_s = time.perf_counter() - self._started
+            if exc is not None:
+                self.summary.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            try:
+                if self._store is not None:
+                    self._store.write_summary(self.summary.to_dict())
+            finally:
+                self._close_store()
+                if self._owned and self._engine is not None:
+                    await self._engine.aclose()
         logger.info("run finished: %s", self.summary.to_dict())
 
     def __aiter__(self) -> AsyncIterator[Record]:
@@ -211,7 +259,9 @@ class Synthesis:
             if isinstance(item, BadLine):
                 summary.bad_lines += 1
                 if store is None:
-                    self.failures.append(FailureRecord.bad_input(item.key, item.error, item.raw, summary.config_hash))
+                    self.failures.append(
+                        FailureRecord.bad_input(item.key, item.error, item.raw, summary.config_hash, item.kind)
+                    )
                 elif item.key not in store.failed_ids:
                     store.write_bad_line(item)
             elif store is not None and item.id in store.done_ids:

@@ -198,6 +198,12 @@ class Backend(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot score continuations")
 
+    async def check(self) -> None:
+        """Raise a :class:`~tessy.errors.TessyError` that says what is wrong if this backend
+        cannot serve (a server that does not answer, or serves another model); called once
+        before a run's first sample. The default checks nothing: in-process models and fakes
+        fail on loading, local servers on starting."""
+
     async def release(self, sample_id: str) -> None:
         """The sample ``sample_id`` is over (done, failed or cancelled): drop what is kept for it
         (KV caches, cursors). No request of it follows, unless as a new sample. Must not raise;

@@ -28,7 +28,9 @@ the same fields when ``echo`` and ``logprobs`` come together; llama.cpp's server
 Requests of one sample stick to one replica (prefix caches hit); failures are retried with
 exponential backoff and full jitter (connection errors, timeouts, 5xx, 429, empty completions)
 and fail over to another replica. A 4xx that names a bad request fails at once with the
-server's message. The API key is read from an environment variable and never logged.
+server's message. The API key is read from an environment variable and never logged: a server
+that echoes it in an error has it replaced by ``[redacted]`` before the error leaves here.
+Before a run's first sample, :meth:`check` asks every replica ``GET /models``.
 """
 
 from __future__ import annotations
@@ -100,11 +102,13 @@ class OpenAICompletionsBackend(Backend):
         #: Splits text into pieces when the server gives no per-token text (else words).
         self.tokenizer = tokenizer
         self._headers = {"Content-Type": "application/json"}
+        self._secret: str | None = None
         if api_key_env:
             key = os.environ.get(api_key_env)
             if not key:
                 raise ConfigError(f"the API key variable {api_key_env} is not set in the environment")
             self._headers["Authorization"] = f"Bearer {key}"
+            self._secret = key
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._client: httpx.AsyncClient | None = None
         #: Streamed tokens that came in events of several tokens that could not be split into
@@ -164,6 +168,61 @@ class OpenAICompletionsBackend(Backend):
         body.update(self.extra_body)
         return body
 
+    def _redacted(self, exc: BackendError) -> BackendError:
+        """``exc`` with the API key, where a server echoed it, replaced (before any log sees it)."""
+        message = str(exc)
+        if not self._secret or self._secret not in message:
+            return exc
+        clean = BackendError(
+            message.replace(self._secret, "[redacted]"),
+            retryable=exc.retryable,
+            status=exc.status,
+            retry_after=exc.retry_after,
+        )
+        clean.__cause__ = None
+        return clean
+
+    async def check(self) -> None:
+        """Ask every replica ``GET {endpoint}/models``: it must answer, and (but for llama.cpp's
+        server, which serves one model under any name) list :attr:`model`. Raises
+        :class:`BackendError` naming the endpoint and what it said."""
+        for ep in self.pool.endpoints:
+            url = f"{ep.url}/models"
+            try:
+                response = await self.client.get(url, timeout=self._timeout.connect or 10.0)
+                raw = await response.aread()
+            except httpx.HTTPError as exc:
+                raise self._redacted(
+                    BackendError(
+                        f"{url} does not answer ({type(exc).__name__}: {exc}); is the server up, and does "
+                        "the endpoint end in /v1?",
+                        retryable=False,
+                    )
+                ) from None
+            if response.status_code >= 400:
+                message = _error_message(raw) or response.reason_phrase
+                raise self._redacted(
+                    BackendError(
+                        f"{url} answered HTTP {response.status_code}: {message}",
+                        retryable=False,
+                        status=response.status_code,
+                    )
+                )
+            if self.server == "llamacpp":
+                continue
+            try:
+                served = [str(m["id"]) for m in json.loads(raw)["data"]]
+            except (ValueError, KeyError, TypeError):
+                raise self._redacted(
+                    BackendError(f"{url} answered no model list: {raw[:200]!r}", retryable=False)
+                ) from None
+            if self.model not in served:
+                raise BackendError(
+                    f"{ep.url} serves {', '.join(map(repr, served)) or 'no model'}, not {self.model!r}; "
+                    "set the role's model to the name the server serves",
+                    retryable=False,
+                )
+
     @staticmethod
     def _key(request: GenerateRequest) -> str:
         return f"{request.sample_id}|{request.role}"
@@ -183,7 +242,7 @@ class OpenAICompletionsBackend(Backend):
             except BackendError as exc:
                 if exc.retryable:
                     self.pool.failed(ep)
-                raise
+                raise self._redacted(exc) from None
             except httpx.TimeoutException as exc:
                 self.pool.failed(ep)
                 raise _retry(f"timed out ({type(exc).__name__})") from exc
@@ -341,6 +400,8 @@ class OpenAICompletionsBackend(Backend):
                 if delta.finish_reason is not None:
                     return
             raise BackendError(f"{self.model}: the stream ended before the completion did", retryable=True)
+        except BackendError as exc:
+            raise self._redacted(exc) from None
         except httpx.TransportError as exc:
             where = "in the middle of" if got_any else "at the start of"
             raise BackendError(f"{self.model}: connection lost {where} a stream ({exc})", retryable=True) from exc

@@ -57,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TessyError as exc:
         console.print(Text.assemble(("error: ", "bold red"), str(exc)))
         return EXIT_ERROR
+    except OSError as exc:  # a disk, a folder or a permission: the environment, said in one line
+        where = f" ({exc.filename})" if exc.filename else ""
+        console.print(Text.assemble(("error: ", "bold red"), f"{exc.strerror or exc}{where}"))
+        return EXIT_ERROR
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished samples are saved; run the same command again to resume")
         return EXIT_INTERRUPTED

@@ -4,8 +4,10 @@ defaults, and the options that say where prompts come from."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,10 +22,12 @@ from ..synth import RunSummary
 
 __all__ = [
     "EXIT_ERROR",
+    "EXIT_FAILURES",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
     "HelpFormatter",
+    "ProgressLog",
     "add_source_arguments",
     "console",
     "kv_table",
@@ -35,6 +39,8 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: ``tessy synth`` ran to its end, but more of its inputs failed than ``max_failure_rate`` allows.
+EXIT_FAILURES = 3
 
 #: Messages, logs and progress go to stderr; stdout carries only results (paths, tables).
 console = Console(stderr=True)
@@ -95,6 +101,71 @@ def print_table(table: Table) -> None:
     if not out.is_terminal:
         out = Console(width=200)  # a pipe or a log: do not squeeze rows into 80 columns
     out.print(table)
+
+
+class ProgressLog:
+    """Progress as a line every ``interval_s`` seconds, for a stderr that is no terminal (a log
+    file, a batch job): samples done / total, samples/s, tokens/s, ETA, failures by reason.
+
+    Called with the summary as samples end; :meth:`heartbeat` also writes a line when none has
+    ended for a whole interval (a stalled run says so instead of going quiet). The prefix-cache
+    hit rate is not in it: the engine does not yet sum the servers' ``cached_tokens``.
+    """
+
+    def __init__(self, label: str, interval_s: float, write: Callable[[str], None]) -> None:
+        self.label = label
+        self.interval_s = interval_s
+        self.write = write
+        self.started = time.monotonic()
+        self.last_line = self.started
+        self.summary: RunSummary | None = None
+
+    def __call__(self, summary: RunSummary) -> None:
+        self.summary = summary
+        if time.monotonic() - self.last_line >= self.interval_s:
+            self.emit()
+
+    def line(self) -> str:
+        s, elapsed = self.summary, max(time.monotonic() - self.started, 1e-9)
+        if s is None:
+            return f"{self.label}: starting, no sample has ended yet ({elapsed:.0f} s)"
+        ran = s.written + s.n_failed
+        rate = ran / elapsed
+        total = f"/{s.total}" if s.total is not None else ""
+        parts = [
+            f"{self.label}: {s.processed}{total} inputs",
+            f"{s.written} written",
+            f"{rate:.2f} samples/s",
+            f"{s.total_tokens / elapsed:.0f} tokens/s",
+        ]
+        if s.total is not None:
+            left = max(s.total - s.processed, 0)
+            parts.append(f"ETA {_duration(left / rate)}" if rate > 0 else "ETA unknown")
+        failures = dict(s.failed)
+        if s.bad_lines:
+            failures["bad input lines"] = s.bad_lines
+        parts.append(
+            "failed " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())) if failures else "no failures"
+        )
+        return " | ".join(parts)
+
+    def emit(self) -> None:
+        self.last_line = time.monotonic()
+        self.write(self.line())
+
+    async def heartbeat(self) -> None:
+        """Write a line whenever a whole interval passes without one; runs until cancelled."""
+        while True:
+            await asyncio.sleep(max(self.interval_s - (time.monotonic() - self.last_line), 0.01))
+            if time.monotonic() - self.last_line >= self.interval_s:
+                self.emit()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 @contextmanager

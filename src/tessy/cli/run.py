@@ -12,7 +12,17 @@ from rich.table import Table
 
 from ..config import load_config
 from ..synth import RunSummary, asynthesize
-from .common import EXIT_OK, add_source_arguments, kv_table, print_table, progress_bar, source_overrides
+from .common import (
+    EXIT_FAILURES,
+    EXIT_OK,
+    ProgressLog,
+    add_source_arguments,
+    console,
+    kv_table,
+    print_table,
+    progress_bar,
+    source_overrides,
+)
 
 __all__ = ["register", "summary_table"]
 
@@ -35,6 +45,10 @@ def summary_table(summary: RunSummary, title: str = "tessy run") -> Table:
     }
     if summary.n_failed or summary.bad_lines:
         rows["failures file"] = summary.failed_path
+    verdict = "TOO MANY: the run fails" if summary.too_many_failures else "within the limit"
+    rows["inputs without a record"] = (
+        f"{summary.failure_rate:.1%} (limit {summary.max_failure_rate:.0%}, max_failure_rate): {verdict}"
+    )
     return kv_table(title, rows)
 
 
@@ -48,10 +62,31 @@ def _synth(args: argparse.Namespace) -> int:
     if args.limit is not None:
         overrides.append(f"limit={args.limit}")
     config = load_config(Path(args.config), overrides)
-    with progress_bar("synth") as on_progress:
-        summary = asyncio.run(asynthesize(config, progress=on_progress))
+    if console.is_terminal or not config.progress_interval_s:
+        with progress_bar("synth") as on_progress:
+            summary = asyncio.run(asynthesize(config, progress=on_progress))
+    else:
+        summary = asyncio.run(_logged(config))
     print_table(summary_table(summary))
+    if summary.too_many_failures:
+        console.print(
+            f"[bold red]error:[/] {summary.failure_rate:.1%} of the inputs have no record, over "
+            f"max_failure_rate={summary.max_failure_rate:g}; see {summary.failed_path}"
+        )
+        return EXIT_FAILURES
     return EXIT_OK
+
+
+async def _logged(config: Any) -> RunSummary:
+    """The run with a progress line every ``progress_interval_s`` on stderr (no terminal there)."""
+    log = ProgressLog(
+        "synth", config.progress_interval_s, lambda line: console.print(line, markup=False, highlight=False)
+    )
+    beat = asyncio.create_task(log.heartbeat())
+    try:
+        return await asynthesize(config, progress=log)
+    finally:
+        beat.cancel()
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -361,6 +361,21 @@ class SynthConfig(_Model):
     limit: int | None = Field(
         None, ge=1, description="Use only the first N prompts of the input.", json_schema_extra=NOT_HASHED
     )
+    max_failure_rate: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A run whose inputs without a record (failed samples, malformed or duplicate lines) "
+        "exceed this share of the inputs it read ends with a non-zero exit; 0: any failure does.",
+        json_schema_extra=NOT_HASHED,
+    )
+    progress_interval_s: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds between progress lines `tessy synth` logs when stderr is no terminal "
+        "(a log file, a batch job); 0: none.",
+        json_schema_extra=NOT_HASHED,
+    )
 
     def config_hash(self) -> str:
         """A short hash of everything that changes the data."""

@@ -13,16 +13,20 @@ what they hold for it (KV caches, encoded windows, cursors); see :meth:`Role.ses
 from __future__ import annotations
 
 import asyncio
+import logging
+import traceback
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 
 from ..backends.base import Backend
-from ..records import Mode, Sample, SampleResult, Source
+from ..records import Failure, Mode, Sample, SampleResult, SampleStats, Source
 from ..workers import map_unordered
 from .policy import Limits, Role
 from .sample import SampleRun
 
 __all__ = ["Engine"]
+
+logger = logging.getLogger(__name__)
 
 
 class Engine:
@@ -80,12 +84,32 @@ class Engine:
                 await stack.enter_async_context(role.session(sample_id))
             yield
 
+    async def check(self) -> None:
+        """Ask each backend the mode uses whether it can serve (:meth:`Backend.check`), once
+        each, before the first sample: a wrong URL or model ends a run at once, not after
+        every sample has failed."""
+        checked: set[int] = set()
+        for name in self.mode.roles:
+            backend = self.roles[name].backend
+            if id(backend) not in checked:
+                checked.add(id(backend))
+                await backend.check()
+
     async def run_sample(self, sample: Sample) -> SampleResult:
-        """Synthesise one response. Failures come back as a result with a reason, not raised."""
-        async with self.session(sample.id):
-            return await SampleRun(
-                sample, self.roles, mode=self.mode, limits=self.limits, streaming=self.streaming, slot=self.slot
-            ).run()
+        """Synthesise one response. Failures come back as a result with a reason, not raised;
+        so does an exception nobody expected (a server's odd field, a bug): it fails this sample
+        as ``unexpected_error`` with where it was raised, and the other samples go on."""
+        try:
+            async with self.session(sample.id):
+                return await SampleRun(
+                    sample, self.roles, mode=self.mode, limits=self.limits, streaming=self.streaming, slot=self.slot
+                ).run()
+        except Exception as exc:
+            frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            where = f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" if frame else ""
+            failure = Failure("unexpected_error", f"{type(exc).__name__}: {exc}{where}")
+            logger.warning("sample %s failed: %s", sample.id, failure, exc_info=logger.isEnabledFor(logging.DEBUG))
+            return SampleResult(sample, [], SampleStats(), None, failure)
 
     async def run(
         self, samples: Iterable[Sample] | AsyncIterable[Sample], *, max_in_flight: int = 256
@@ -93,9 +117,8 @@ class Engine:
         """Run many samples at once, yielding each result as soon as it is done.
 
         At most ``max_in_flight`` samples are in progress; the next one starts as soon as one
-        finishes, so input is read lazily and memory does not grow with the input. A bug in a
-        sample (an exception that is not a failed sample) is raised here; closing the iterator
-        cancels the samples in flight.
+        finishes, so input is read lazily and memory does not grow with the input. Closing the
+        iterator cancels the samples in flight.
         """
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")

@@ -159,9 +159,10 @@ class FailureRecord:
         )
 
     @classmethod
-    def bad_input(cls, key: str, error: str, raw: str, config_hash: str) -> FailureRecord:
-        """The failure record of an input line that could not be read as a sample."""
-        return cls(id=key, failure=Failure("bad_input", error), config_hash=config_hash, raw=raw)
+    def bad_input(cls, key: str, error: str, raw: str, config_hash: str, kind: str = "bad_input") -> FailureRecord:
+        """The failure record of an input line that could not be read as a sample (``kind``:
+        ``bad_input``, or ``duplicate_id`` for a second line with an id seen before)."""
+        return cls(id=key, failure=Failure(kind, error), config_hash=config_hash, raw=raw)
 
     def to_json(self) -> dict[str, Any]:
         if self.raw is not None:

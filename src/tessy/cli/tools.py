@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..config import describe_config, load_config
 from ..errors import TessyError
-from .common import EXIT_OK, console, print_table
+from .common import EXIT_ERROR, EXIT_OK, console, kv_table, print_table
 
 __all__ = ["register"]
 
@@ -42,6 +42,23 @@ def _config(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config), list(args.overrides))
     print(json.dumps({"config_hash": config.config_hash(), "config": config.dump()}, indent=2))
     return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ..check import RULES, check_run
+
+    failing = 0
+    for run in args.runs:
+        result = check_run(Path(run), examples=args.examples)
+        rows: dict[str, Any] = {"run": run, "verdict": "ok" if result.ok else "VIOLATIONS", "records": result.records}
+        if result.damaged_lines:
+            rows["lines that are no record"] = result.damaged_lines
+        rows.update({f"rule {rule}": result.by_rule.get(rule, 0) for rule in RULES})
+        print_table(kv_table("tessy check", rows))
+        for sample_id, violation in result.examples:
+            console.print(f"  {escape(sample_id)}: {violation.rule}: {escape(violation.detail)}")
+        failing += not result.ok
+    return EXIT_OK if not failing else EXIT_ERROR
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -175,6 +192,11 @@ def register(sub: Any, **common: Any) -> None:
     show.add_argument("--config", required=True, help="the YAML run config")
     show.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     show.set_defaults(func=_config)
+
+    chk = sub.add_parser("check", help="check every record of runs against the data's invariants", **common)
+    chk.add_argument("runs", nargs="+", metavar="RUN", help="a run's JSONL output (its config beside it gives formats)")
+    chk.add_argument("--examples", type=int, default=5, help="violations shown per run")
+    chk.set_defaults(func=_check)
 
     render = sub.add_parser("render", help="print exactly the prompt a role sends, to check a setup", **common)
     render.add_argument("--format", required=True, help="chat format (qwen3, deepseek-r1, gpt-oss, chatml, template)")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tessy.check import check_run
 from tessy.models import MissingModelError, resolve
 from tessy.records import Record
 from tessy.view import render_view
@@ -67,6 +68,8 @@ def test_demo_writes_data_view_and_summary_and_leaves_no_server(tmp_path):
         assert {s["source"] for s in r["spans"]} == {"teacher", "student"}
         assert r["spans"][0]["source"] == "student"
         assert r["messages"][-1]["content"].startswith("<think>\n")
+    checked = check_run(out / "data.jsonl")
+    assert checked.ok, (checked.by_rule, checked.examples)  # every invariant of design.md, every record
     summary = json.loads((out / "summary.json").read_text())
     assert summary["samples"] == len(records) and 0 < summary["teacher token share"] < 1
     assert "tessy demo" in (out / "view.html").read_text()

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tessy import Engine, LexiconPredictor, Limits, Role, Sample, SamplingParams, get_format
+from tessy import Engine, LexiconPredictor, Limits, Record, Role, Sample, SamplingParams, get_format
 from tessy.backends import GenerateRequest, Prompt
 from tessy.backends.llamacpp import LlamaCppBackend, LlamaServer
 from tessy.backends.openai import OpenAICompletionsBackend
+from tessy.check import check_record, end_markers
 from tessy.errors import TessyError
 from tessy.models import MissingModelError, resolve
 
@@ -153,12 +154,16 @@ def test_tessy_runs_on_real_models_chunked_and_streaming():
         finally:
             await backend.aclose()
 
+    chatml = get_format("chatml")
+    fmt_markers = end_markers([chatml])
     for streaming in (False, True):
         results = asyncio.run(run(streaming))
         # A 135M model may loop or ramble: that must end as a guard's recorded reason.
         assert all(r.ok or r.failure.startswith(("repetition", "token_budget")) for r in results)
         assert any(r.ok for r in results), [r.failure for r in results]
         for r in (r for r in results if r.ok):
+            violations = check_record(Record.from_result(r, "", "tessy"), markers=fmt_markers, student_format=chatml)
+            assert not violations, (r.sample.id, violations)  # every invariant of design.md
             assert r.spans[0].source == "student" and r.response.startswith("<think>\n")
             assert r.thinking == "".join(s.text for s in r.spans if s.phase == "think")
             assert r.stats.requests >= 2

@@ -28,6 +28,7 @@ import vllm_server
 from tessy import Engine, LexiconPredictor, Limits, Role, Sample, SamplingParams, get_format
 from tessy.backends import GenerateRequest, Generation, Prompt, ScoreRequest
 from tessy.backends.openai import OpenAICompletionsBackend
+from tessy.check import check_run
 from tessy.cli import main
 from vllm_server import SERVED_NAME, VLLMServer, metrics
 
@@ -452,6 +453,8 @@ def test_tessy_synth_with_both_roles_on_vllm(servers, tmp_path, streaming):
     # A 135M model may ramble into a guard; that is a recorded reason, and most samples finish.
     assert len(records) + len(failures) == len(rows), (records, failures)
     assert len(records) >= 3, failures
+    checked = check_run(out)
+    assert checked.ok, (checked.by_rule, checked.examples)  # every invariant of design.md, every record
     for r in records:
         stats = r["stats"]
         assert stats["prefix_misses"] == 0, r

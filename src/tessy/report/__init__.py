@@ -7,6 +7,11 @@ responses in the student's tokenizer, a PCA plot of the TF-IDF vectors with run 
 style words per thousand tokens; with a student that can score text, its negative
 log-likelihood of each run's thinking; and a viewer colouring teacher and student spans.
 
+Memory is bounded, whatever a run's size: each run is read in one pass, in which counters,
+distributions and style words take in every record and a sample of at most
+:data:`~.sampling.SAMPLE_SIZE` records is kept (drawn alike in every run, see :mod:`.sampling`)
+for the similarity, the PCA, the NLL and the viewer; the report says when it sampled.
+
 Needs the ``report`` extra (matplotlib, scikit-learn); the student's tokenizer and an
 in-process scoring model need the ``hf`` extra.
 """
@@ -21,15 +26,16 @@ from pathlib import Path
 from ..backends.base import Scorer
 from ..errors import BackendError, ConfigError, TessyError
 from ..formats import Format, get_format
+from ..records import Record
 from .model import Report
 from .nll import RunNLL, run_nll
 from .runs import Run, RunFigures, load_run, run_figures
+from .sampling import SAMPLE_SIZE
 from .style import (
     STYLE_WORDS,
     TextTokenizer,
     hf_text_tokenizer,
     pca_points,
-    style_rates,
     tfidf_similarity,
     word_tokenizer,
 )
@@ -54,13 +60,35 @@ def _unique_names(paths: Sequence[Path]) -> list[str]:
 
 
 def _viewer_ids(runs: Sequence[Run], n: int) -> list[str]:
-    """Samples to show: those every run answered first (to compare), then the first run's others."""
+    """Samples to show, from the runs' samples: those every run kept first (to compare), then the
+    first run's others."""
     sets = [set(r.by_id) for r in runs]
     common = set.intersection(*sets) if sets else set()
     order = [rec.id for rec in runs[0].records] if runs else []
     ids = [i for i in order if i in common][:n]
     ids += [i for i in order if i not in common][: n - len(ids)]
     return ids
+
+
+def _compare(report: Report, split: TextTokenizer) -> None:
+    """TF-IDF similarity and PCA on the runs' samples (every record of a run no larger than its
+    sample): the ids that every run kept are a uniform sample of the ids they share."""
+    from . import plots
+
+    runs = report.runs
+    vocabulary: dict[str, str] = {}  # one string per distinct token: a sample's tokens cost a pointer each
+
+    def tokens(rec: Record) -> list[str]:
+        return [vocabulary.setdefault(t, t) for t in split(rec.response or "")]
+
+    sampled = [{rec.id: tokens(rec) for rec in r.records} for r in runs]
+    compared = set.intersection(*(set(d) for d in sampled))
+    shared = len(set.intersection(*(r.ids for r in runs)))
+    names = [r.name for r in runs]
+    report.similarity = tfidf_similarity(names, [{i: d[i] for i in compared} for d in sampled], shared=shared)
+    points = pca_points([list(d.values()) for d in sampled])
+    if points is not None:
+        report.pca_png = plots.pca_figure(names, points)
 
 
 def build_report(
@@ -86,23 +114,16 @@ def build_report(
     from .html import render_html
 
     split = tokenizer or word_tokenizer
+    digests = [r.digested(split) for r in runs]
     figures = [run_figures(r) for r in runs]
     report = Report(
         list(runs), figures, tokenizer_name if tokenizer else "a word tokenizer (lower-cased words and punctuation)"
     )
     names = [r.name for r in runs]
 
-    responses = [{rec.id: split(rec.response or "") for rec in r.records} for r in runs]
-    report.similarity = tfidf_similarity(names, responses)
-    points = pca_points([list(d.values()) for d in responses])
-    if points is not None:
-        report.pca_png = plots.pca_figure(names, points)
+    _compare(report, split)
 
-    rates: list[dict[str, float]] = []
-    for r in runs:
-        thinking = [rec.thinking for rec in r.records]
-        n_tokens = sum(len(split(t)) for t in thinking)
-        rates.append(style_rates(thinking, n_tokens))
+    rates = [d.style.rates() for d in digests]
     report.style = rates
     ranked = sorted(STYLE_WORDS, key=lambda w: max(r[w] for r in rates), reverse=True)
     report.style_words = [w for w in ranked if max(r[w] for r in rates) > 0][:TOP_STYLE_WORDS]
@@ -111,9 +132,9 @@ def build_report(
     report.hist_png = plots.histograms(
         names,
         [
-            ("switches per sample", [[float(rec.stats.switches) for rec in r.records] for r in runs]),
-            ("response length (report tokens)", [[float(len(t)) for t in d.values()] for d in responses]),
-            ("requests per sample", [[float(rec.stats.requests) for rec in r.records] for r in runs]),
+            ("switches per sample", [d.switches.counts for d in digests]),
+            ("response length (report tokens)", [d.report_tokens.counts for d in digests]),
+            ("requests per sample", [d.requests.counts for d in digests]),
         ],
     )
 
@@ -162,8 +183,6 @@ def write_report(
     scorer. ``tokenizer`` (a catalogued model, a GGUF file or a model folder) and
     ``score_model`` (the same, scored in-process with transformers) override it.
     """
-    paths = [run, *compare]
-    runs = [load_run(p, name) for p, name in zip(paths, _unique_names(paths), strict=True)]
     student_format: Format | None = None
     scorer: Scorer | None = None
     scorer_name = ""
@@ -195,6 +214,19 @@ def write_report(
 
         split = hf_text_tokenizer(load_hf_tokenizer(str(tokenizer_ref)))
         tokenizer_name = f"the tokenizer of {tokenizer_ref}"
+    # One pass per run, counting in the report's tokenizer; the sample holds what the viewer
+    # and the NLL ask for, at least.
+    size = max(SAMPLE_SIZE, samples, nll_samples)
+    paths = [run, *compare]
+    try:
+        runs = [
+            load_run(p, name, tokenizer=split or word_tokenizer, sample_size=size)
+            for p, name in zip(paths, _unique_names(paths), strict=True)
+        ]
+    except BaseException:
+        if scorer is not None:
+            asyncio.run(scorer.aclose())
+        raise
     report = build_report(
         runs,
         tokenizer=split,

@@ -58,6 +58,19 @@ def _img(png: str | None, alt: str) -> str:
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{png}">'
 
 
+def _sample_note(figures: Sequence[RunFigures]) -> str:
+    """What is counted over every record and what over the report's sample, where they differ."""
+    if all(f.sampled >= f.stats.written for f in figures):
+        return ""
+    kept = ", ".join(f"{f.sampled:,} of {f.stats.written:,} in {f.name}" for f in figures)
+    return (
+        '<p class="note">Counts, shares, distributions, histograms and style-word rates are over every '
+        "record. Similarity, PCA, the student's NLL and the responses shown use a sample of each run "
+        f"({escape(kept)}), drawn by a seeded hash of the sample id, so runs on the same prompts keep the "
+        "same ones.</p>"
+    )
+
+
 def _stats_section(figures: Sequence[RunFigures], hist_png: str | None) -> str:
     def dist(d: Any, digits: int = 1) -> str:
         return f"{_num(d.mean, digits)} (median {_num(d.median, 0)}, p90 {_num(d.p90, 0)}, max {_num(d.max, 0)})"
@@ -88,6 +101,7 @@ def _stats_section(figures: Sequence[RunFigures], hist_png: str | None) -> str:
         "<h2>Runs</h2>",
         '<p class="note">Token counts are the engine\'s: each role counts in its own tokenizer. '
         "Discarded tokens were generated and thrown away past a cut or an end of thinking.</p>",
+        _sample_note(figures),
         _table(["", *(f.name for f in figures)], [(k, *v) for k, v in metrics]),
     ]
     reasons = sorted({r for s in stats for r in s.failed})
@@ -113,13 +127,22 @@ def _style_section(report: Report) -> str:
         "the responses of two runs to the same prompt (runs are matched by sample id).</p>"
     )
     sim = report.similarity
-    if sim is None or sim.common == 0:
+    if sim is not None and sim.common == 0 and sim.shared:
+        parts.append(
+            f'<p class="note">The runs share {sim.shared:,} prompts, but the report\'s samples of the runs '
+            "hold none of them in common (the runs overlap too little), so they are not compared.</p>"
+        )
+    elif sim is None or sim.common == 0:
         parts.append('<p class="note">The runs share no prompts, so they are not compared.</p>')
     else:
         rows = []
         for i, name in enumerate(sim.names):
             rows.append((escape(name), *(_num(v, 3) for v in sim.matrix[i])))
-        parts.append(f"<h3>TF-IDF cosine similarity ({sim.common:,} shared prompts)</h3>")
+        if sim.common < sim.shared:
+            used = f"{sim.common:,} of {sim.shared:,} shared prompts, a seeded random sample"
+        else:
+            used = f"{sim.common:,} shared prompts"
+        parts.append(f"<h3>TF-IDF cosine similarity ({used})</h3>")
         parts.append(_table(["", *sim.names], rows, raw=True))
         students = [f.name for f in report.figures if f.mode == "student-only"]
         if students:
@@ -195,7 +218,12 @@ def _viewer_section(runs: Sequence[Run], ids: Sequence[str]) -> str:
             parts.append(f'<div class="run"><div class="runname">{swatch}{escape(run.name)} ({escape(run.mode)})</div>')
             if record is None:
                 failure = run.failures.get(sample_id)
-                why = f"failed: {failure.failure}" if failure else "not in this run"
+                if failure:
+                    why = f"failed: {failure.failure}"
+                elif sample_id in run.ids:
+                    why = "in this run, but not in the report's sample of it"
+                else:
+                    why = "not in this run"
                 parts.append(f'<div class="note">{escape(str(why))}</div></div>')
                 continue
             parts.append(f'<div class="resp">{render_spans(record.spans)}</div></div>')

@@ -40,8 +40,8 @@ class RunNLL:
 
 
 def pick_ids(runs: Sequence[Run], limit: int) -> list[list[str]]:
-    """The ids to score in each run: ids that every run has first (same prompts), in the first
-    run's order, then each run's own, up to ``limit`` per run."""
+    """The ids to score in each run, from the runs' samples: ids that every run kept first (same
+    prompts), in the first run's order, then each run's own, up to ``limit`` per run."""
     sets = [set(r.by_id) for r in runs]
     common = set.intersection(*sets) if sets else set()
     order = [rec.id for rec in runs[0].records] if runs else []

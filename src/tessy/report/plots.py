@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import MissingDependencyError
@@ -81,23 +81,25 @@ def style_figure(names: Sequence[str], words: Sequence[str], rates: Sequence[dic
     return _png(fig)
 
 
-def histograms(names: Sequence[str], series: Sequence[tuple[str, Sequence[Sequence[float]]]]) -> str:
-    """One panel per ``(title, values per run)``, runs overlaid."""
+def histograms(names: Sequence[str], series: Sequence[tuple[str, Sequence[Mapping[int, int]]]]) -> str:
+    """One panel per ``(title, counts per run)``, runs overlaid; a run's counts map each value
+    to how many samples had it (the histogram of the values themselves, drawn with weights)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.2), squeeze=False)
     for ax, (title, per_run) in zip(axes[0], series, strict=True):
-        everything = [v for vs in per_run for v in vs]
+        everything = [v for counts in per_run for v, c in counts.items() if c]
         if not everything:
             ax.set_visible(False)
             continue
         lo, hi = min(everything), max(everything)
         bins = 20 if hi > lo else 1
-        for i, (name, values) in enumerate(zip(names, per_run, strict=True)):
-            if values:
+        for i, (name, counts) in enumerate(zip(names, per_run, strict=True)):
+            if any(counts.values()):
                 ax.hist(
-                    list(values),
+                    [float(v) for v in counts],
                     bins=bins,
                     range=(lo, hi if hi > lo else lo + 1),
+                    weights=list(counts.values()),
                     alpha=0.5,
                     color=colour(i),
                     label=_label(name),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tessy import Record, SampleStats, Span, load_config, synthesize
+from tessy import Record, SampleStats, Span, load_config, read_records, synthesize
 from tessy.check import check_record, check_run
 from tessy.cli import main
 from tessy.formats import get_format
@@ -110,3 +110,15 @@ def test_a_run_is_checked_with_its_formats_and_the_cli_exits_non_zero_on_a_viola
     assert check_run(out).by_rule["marker_in_thinking"] == 1
     assert main(["check", str(out)]) == 1
     assert "VIOLATIONS" in capsys.readouterr().out
+
+
+def test_an_answer_that_writes_think_tags_again_ends_there(tmp_path: Path):
+    """A small student writes </think> again in its answer (5 of 18 did on the demo's prompts):
+    the think tags are stop strings of the answer, so the stored answer ends before them."""
+    out = tmp_path / "run.jsonl"
+    overrides = [f"data.output={out}", 'student.answers=["The answer is 42.\\n</think>\\nSo, wait: 42."]']
+    synthesize(load_config(OFFLINE, overrides))
+    result = check_run(out)
+    assert result.ok and result.records == 5, result.by_rule
+    for rec in read_records(out):
+        assert rec.answer.rstrip() == "The answer is 42."

@@ -108,10 +108,16 @@ def _without_thinking(content: str) -> str:
     return content
 
 
+#: Think tags end an answer where a model writes them again (small models do): the answer is
+#: what came before, and no thinking markup reaches the stored answer.
+THINK_TAGS = ("<think>", "</think>")
+
+
 class _ThinkTagFormat(Format):
     """Formats that wrap thinking in ``<think>`` ... ``</think>``."""
 
     think_stop: tuple[str, ...] = ("</think>",)
+    answer_stop: tuple[str, ...] = THINK_TAGS
 
     def answer_suffix(self) -> str:
         return "\n</think>\n\n"
@@ -162,7 +168,7 @@ class ChatMLThinkFormat(Qwen3Format):
     # The end of the turn, where a server leaves special tokens in the text, ends thinking too
     # (Qwen2.5 may end with <|endoftext|>, which its GGUF files do not list as end of sequence).
     think_stop = ("</think>", "<|im_end|>", "<|endoftext|>")
-    answer_stop = ("<|im_end|>", "<|endoftext|>")
+    answer_stop = ("<|im_end|>", "<|endoftext|>", *THINK_TAGS)
 
     def __init__(
         self,
@@ -207,7 +213,7 @@ class DeepSeekR1Format(_ThinkTagFormat):
     name = "deepseek-r1"
     bos = "<｜begin▁of▁sentence｜>"
     includes_bos = True
-    answer_stop = ("<｜end▁of▁sentence｜>",)
+    answer_stop = ("<｜end▁of▁sentence｜>", *THINK_TAGS)
 
     def render_think(self, messages: Sequence[Message]) -> str:
         msgs = self.with_messages(messages)
@@ -241,7 +247,8 @@ class HarmonyFormat(Format):
     name = "gpt-oss"
     options = ("reasoning_effort", "current_date", "knowledge_cutoff", "model_identity")
     think_stop = ("<|end|>", "assistantfinal")
-    answer_stop = ("<|return|>", "<|end|>", "<|call|>")
+    # A channel or message header in the answer is markup, never answer text.
+    answer_stop = ("<|return|>", "<|end|>", "<|call|>", "<|start|>", "<|channel|>")
 
     FINAL = "<|start|>assistant<|channel|>final<|message|>"
 
@@ -333,6 +340,7 @@ class TemplateFormat(Format):
         self.think_open = think_open
         self.think_close = think_close
         self.think_stop = (think_close,)
+        self.answer_stop = tuple(t for t in dict.fromkeys((think_open.strip(), think_close.strip())) if t)
         self.template_kwargs = dict(template_kwargs or {})
         if chat_template:
             self.template_kwargs["chat_template"] = chat_template

@@ -3,11 +3,15 @@
 Each POST to ``/v1/completions`` takes the next behaviour from a queue (or the default):
 
 ``ok`` (a valid completion), ``500``, ``429``, ``400``, ``hang`` (never answers in time),
-``reset`` (drops the connection without a response), ``empty`` (no text), ``malformed``
+``reset`` (drops the connection without a response), ``empty`` (no text, finish ``stop`` and no token counted), ``malformed``
 (not JSON), ``midstream`` (a stream that breaks after two tokens), ``noecho`` (ignores ``echo``,
 as llama.cpp's server does).
 With ``echo`` and ``logprobs``, an ``ok`` answer echoes the prompt split into words and newlines, each scored
 ``-len(word) / 10`` (the first ``null``), then one generated token, as vLLM answers.
+``words`` (the tokens an ``ok`` answer writes) or ``responder`` (a function of the request body
+giving them) say what a completion holds; ``stop`` strings are matched server-side (not while
+streaming: tessy finds them itself), and a completion that ends before ``max_tokens`` ends with
+an end-of-sequence token, counted in ``usage.completion_tokens`` as servers count it.
 Every request body is recorded.
 """
 
@@ -20,6 +24,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -32,6 +37,8 @@ class FaultServer:
         self.default = default
         self.hang_s = hang_s
         self.requests: list[dict[str, Any]] = []
+        self.words: list[str] = list(WORDS)
+        self.responder: Callable[[dict[str, Any]], list[str]] | None = None
         self.lock = threading.Lock()
         owner = self
 
@@ -85,16 +92,27 @@ class FaultServer:
         if body.get("echo") and body.get("logprobs") and behaviour == "ok":
             self._json(h, 200, {"choices": [echo_choice(str(body["prompt"]))]})
             return
-        n = min(int(body.get("max_tokens", 16)), len(WORDS))
-        tokens = WORDS[:n] if behaviour != "empty" else []
-        finish = "length" if n < len(WORDS) or behaviour == "empty" else "stop"
+        words = self.responder(body) if self.responder is not None else self.words
+        n = min(int(body.get("max_tokens", 16)), len(words))
+        tokens = words[:n] if behaviour != "empty" else []
+        # An empty completion says "stop", as the faulty servers seen in the wild do.
+        finish = "length" if n < len(words) and behaviour != "empty" else "stop"
+        stop_reason = None
         if body.get("stream"):
             self._stream(h, tokens, finish, break_after=2 if behaviour == "midstream" else None)
             return
-        choice: dict[str, Any] = {"index": 0, "text": "".join(tokens), "finish_reason": finish}
+        text = "".join(tokens)
+        stops = [x for x in body.get("stop") or [] if x in text]
+        if stops:
+            stop_reason = min(stops, key=text.find)
+            text = text[: text.find(stop_reason)]
+            finish = "stop"
+        # The end-of-sequence token (or the stop string's tokens) is generated, and counted.
+        completion = len(tokens) + (1 if finish == "stop" and behaviour != "empty" and not stops else 0)
+        choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason}
         if body.get("logprobs"):
             choice["logprobs"] = {"tokens": tokens, "token_logprobs": [-0.1] * len(tokens)}
-        usage = {"prompt_tokens": 7, "completion_tokens": len(tokens), "prompt_tokens_details": {"cached_tokens": 3}}
+        usage = {"prompt_tokens": 7, "completion_tokens": completion, "prompt_tokens_details": {"cached_tokens": 3}}
         self._json(h, 200, {"choices": [choice], "usage": usage})
 
     def _raw(
@@ -127,7 +145,8 @@ class FaultServer:
             h.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
             h.wfile.flush()
         last = {"choices": [{"index": 0, "text": "", "finish_reason": finish}]}
-        h.wfile.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+        usage = {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": len(tokens) + (finish == "stop")}}
+        h.wfile.write(f"data: {json.dumps(last)}\n\ndata: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
         h.wfile.flush()
 
 

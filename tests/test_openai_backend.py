@@ -12,7 +12,7 @@ import pytest
 
 import tessy
 from fault_server import FaultServer, dead_url
-from tessy import BackendError, ConfigError
+from tessy import BackendError, ConfigError, get_format
 from tessy.backends import GenerateRequest, Prompt, ScoreRequest
 from tessy.backends.openai import OpenAICompletionsBackend, _align
 
@@ -208,11 +208,43 @@ def test_streams_end_at_stop_strings_found_by_the_client(server):
     assert "stop" not in server.requests[0]["body"]
     assert [p for d in deltas for p in d.pieces] == ["The"]
     assert (deltas[-1].finish_reason, deltas[-1].stop_reason) == ("stop", " answ")
-    # A stop string split over chunks ends the stream when it completes; the text already
-    # streamed stays streamed (the engine trims the end-of-thinking marker it finds).
+    # A stop string split over chunks: the piece that might begin it is held back until the
+    # next one decides, so none of it is ever yielded.
     deltas = asyncio.run(collect(" is fo"))
-    assert [p for d in deltas for p in d.pieces] == ["The", " answer", " is"]
+    assert [p for d in deltas for p in d.pieces] == ["The", " answer"]
     assert (deltas[-1].finish_reason, deltas[-1].stop_reason) == ("stop", " is fo")
+    # A piece held back that turns out not to begin the stop string is text after all.
+    deltas = asyncio.run(collect(" is all!"))
+    assert "".join(p for d in deltas for p in d.pieces) == "The answer is forty-two and that is"
+    assert deltas[-1].finish_reason == "length"
+
+
+#: Every format's end-of-thinking markers (``template`` ends at its ``think_close``, ``</think>`` by default).
+END_MARKERS = sorted({m for name in ("qwen3", "deepseek-r1", "chatml", "gpt-oss") for m in get_format(name).think_stop})
+
+
+@pytest.mark.parametrize("marker", END_MARKERS)
+def test_a_stream_never_yields_any_of_an_end_marker_split_anywhere(server, marker):
+    """vLLM strips special tokens, so gpt-oss's end of analysis streams as `assistant` then `final`."""
+    splits = [[marker[:i], marker[i:]] for i in range(1, len(marker))] + [list(marker)]
+
+    async def collect(b: OpenAICompletionsBackend) -> list[tessy.StreamDelta]:
+        return [d async for d in b.stream(request(max_tokens=20, stop=tuple(END_MARKERS)))]
+
+    async def go() -> None:
+        b = backend(server.url)
+        try:
+            for parts in splits:
+                server.words = ["that", " is", " it", ".", *parts, "The", " answer"]
+                deltas = await collect(b)
+                assert "".join(p for d in deltas for p in d.pieces) == "that is it.", parts
+                assert (deltas[-1].finish_reason, deltas[-1].stop_reason) == ("stop", marker)
+                ids_ok = all(d.token_ids is None or len(d.token_ids) == len(d.pieces) for d in deltas)
+                assert ids_ok
+        finally:
+            await b.aclose()
+
+    asyncio.run(go())
 
 
 def score(b: OpenAICompletionsBackend, prompt: str, continuation: str) -> tessy.TokenScores:

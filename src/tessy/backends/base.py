@@ -112,12 +112,14 @@ class Generation:
 
 @dataclass(slots=True)
 class StreamDelta:
-    """Some new tokens of a streamed continuation; the last delta carries ``finish_reason``."""
+    """Some new tokens of a streamed continuation; the last delta carries ``finish_reason``
+    (and ``completion_tokens``, where the server counted them)."""
 
     pieces: list[str]
     token_ids: list[int] | None = None
     finish_reason: FinishReason | None = None
     stop_reason: str | None = None
+    completion_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

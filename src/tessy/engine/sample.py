@@ -38,6 +38,7 @@ from .context import (
     SpanBuilder,
     extends,
     first_boundary,
+    open_tail,
     tail_of,
     thinking_part,
     trim_at,
@@ -60,6 +61,7 @@ class _Step(enum.Enum):
     CONTINUE = "continue"
     SWITCH = "switch"
     ENDED = "ended"
+    BUDGET = "budget"  # the thinking budget is spent (its last tokens may have been dropped)
 
 
 class SampleRun:
@@ -145,8 +147,11 @@ class SampleRun:
             if self.streaming:
                 step = await self._stream_step(role, left)
             else:
-                step = await self._chunk_step(role, min(role.chunk_tokens, left))
+                step = await self._chunk_step(role, left)
             if step is _Step.ENDED:
+                return
+            if step is _Step.BUDGET:
+                self.stats.guards.append("thinking_budget")
                 return
             if step is _Step.SWITCH:
                 role, other = other, role
@@ -164,11 +169,26 @@ class SampleRun:
         if not ended:
             self.stats.guards.append("thinking_budget")
 
-    async def _chunk_step(self, role: Role, max_tokens: int) -> _Step:
-        """One chunk of at most ``max_tokens`` tokens."""
-        gen = await self._generate(role, self._context(role).prompt(), max_tokens, role.format.think_stop)
-        chunk, ended, after = thinking_part(role.format, gen)
+    async def _chunk_step(self, role: Role, left: int) -> _Step:
+        """One chunk of at most ``role.chunk_tokens`` tokens (``left``: the thinking budget left)."""
+        fmt = role.format
+        max_tokens = min(role.chunk_tokens, left)
+        gen = await self._generate(role, self._context(role).prompt(), max_tokens, fmt.think_stop)
+        chunk, ended, after = thinking_part(fmt, gen)
         self.stats.discarded_tokens += after
+        if not chunk and after and not ended:
+            # The whole chunk may be the start of the end marker: ask for enough tokens to decide.
+            if max_tokens >= left:
+                return _Step.BUDGET
+            more = min(left, max_tokens + max(len(x) for x in fmt.think_stop))
+            gen = await self._generate(role, self._context(role).prompt(), more, fmt.think_stop)
+            chunk, ended, after = thinking_part(fmt, gen)
+            self.stats.discarded_tokens += after
+            max_tokens = more
+        if after and not ended and max_tokens >= left:
+            # The budget ran out on what may be the start of the end marker: keep the rest, end thinking.
+            self._keep(role, chunk)
+            return _Step.BUDGET
         # A cut needs a next token inside the thinking: before the end marker, none at the last piece.
         last = len(chunk) - (2 if ended else 1)
         cut = await self._find_cut(role, chunk.pieces, last) if last >= 0 else None
@@ -272,6 +292,13 @@ class SampleRun:
             self._charge(exc)
             return _Step.CONTINUE  # the step is redone
         self.stats.discarded_tokens += after
+        if finish == "length" and not ended and cut is None:
+            held = open_tail(pieces, fmt.think_stop)
+            if held:
+                # The budget ran out on what may be the start of the end marker: drop it, end thinking.
+                self.stats.discarded_tokens += held
+                self._keep(role, Chunk(pieces, ids).head(len(pieces) - held))
+                return _Step.BUDGET
         return await self._apply_cut(role, Chunk(pieces, ids), cut, ended, finish == "length")
 
     async def _find_cut(

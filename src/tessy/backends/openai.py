@@ -160,9 +160,10 @@ class OpenAICompletionsBackend(Backend):
     def _key(request: GenerateRequest) -> str:
         return f"{request.sample_id}|{request.role}"
 
-    async def _with_retries(self, key: str, once: Callable[[Endpoint], Awaitable[T]]) -> T:
+    async def _with_retries(self, key: str, once: Callable[[Endpoint], Awaitable[T]]) -> tuple[T, int]:
         """Call ``once(endpoint)`` until it succeeds, failing over between replicas (``key``
-        picks the replica a sample sticks to); at most ``max_retries`` retries, with backoff."""
+        picks the replica a sample sticks to); at most ``max_retries`` retries, with backoff.
+        Returns the result and how many failed attempts came before it."""
         tried: set[str] = set()
 
         async def attempt() -> T:
@@ -187,7 +188,8 @@ class OpenAICompletionsBackend(Backend):
 
         budget = FailureBudget(self.max_retries)
         try:
-            return await call_with_retries(attempt, budget, backoff=self.backoff, what=f"a request to {self.model}")
+            result = await call_with_retries(attempt, budget, backoff=self.backoff, what=f"a request to {self.model}")
+            return result, budget.failures
         except BackendError as exc:
             if not exc.retryable:
                 raise
@@ -252,7 +254,9 @@ class OpenAICompletionsBackend(Backend):
                 completion_tokens=usage.get("completion_tokens"),
             )
 
-        return await self._with_retries(self._key(request), once)
+        gen, retries = await self._with_retries(self._key(request), once)
+        gen.retries = retries
+        return gen
 
     # -- score ---------------------------------------------------------------------------
 
@@ -290,7 +294,7 @@ class OpenAICompletionsBackend(Backend):
                 raise _retry(f"malformed response from {ep.url}: {raw[:200]!r}") from None
             return _echo_scores(choice.get("logprobs"), len(prompt), len(full), where=ep.url)
 
-        return await self._with_retries(f"{request.sample_id}|score", once)
+        return (await self._with_retries(f"{request.sample_id}|score", once))[0]
 
     # -- stream --------------------------------------------------------------------------
 
@@ -309,7 +313,7 @@ class OpenAICompletionsBackend(Backend):
 
         # Retries and failover happen only before the first token; a stream that breaks later
         # raises, and the engine redoes the whole step.
-        response = await self._with_retries(self._key(request), once)
+        response, retries = await self._with_retries(self._key(request), once)
         got_any = False
         events = 0
         held = _StopHold(request.stop)
@@ -320,9 +324,10 @@ class OpenAICompletionsBackend(Backend):
                 if delta.pieces:
                     out, hit = held.feed(delta)
                     for ready in out:
+                        ready.retries, retries = retries, 0  # told once, on the first delta
                         yield ready
                     if hit is not None:
-                        yield StreamDelta(pieces=[], finish_reason="stop", stop_reason=hit)
+                        yield StreamDelta(pieces=[], finish_reason="stop", stop_reason=hit, retries=retries)
                         return
                 if delta.finish_reason is not None:
                     if delta.finish_reason == "stop" and not _proven_stop(
@@ -334,8 +339,11 @@ class OpenAICompletionsBackend(Backend):
                         )
                     # The stream ended without completing a stop string: what was held is text.
                     for ready in held.flush():
+                        ready.retries, retries = retries, 0
                         yield ready
-                    yield StreamDelta(pieces=[], finish_reason=delta.finish_reason, stop_reason=delta.stop_reason)
+                    yield StreamDelta(
+                        pieces=[], finish_reason=delta.finish_reason, stop_reason=delta.stop_reason, retries=retries
+                    )
                     return
             raise BackendError(f"{self.model}: the stream ended before the completion did", retryable=True)
         except httpx.TransportError as exc:

@@ -233,6 +233,23 @@ class SampleRun:
         return _Step.SWITCH
 
     async def _stream_step(self, role: Role, max_tokens: int) -> _Step:
+        """One span by streaming (:meth:`_stream_once`). A stream that breaks is tried again from
+        the text kept (nothing of it is kept), as often as its backend retries a request; only
+        then is the failure charged to the sample's budget, and the step redone."""
+        tries = FailureBudget(role.backend.max_retries)
+        while True:
+            try:
+                return await self._stream_once(role, max_tokens)
+            except BackendError as exc:
+                if tries.spend(exc):
+                    self.stats.retried_requests += 1
+                    logger.debug("sample %s: a stream failed (%s), trying again", self.sample.id, exc)
+                    continue
+                self._charge(exc)
+                self.stats.retried_requests += 1
+                return _Step.CONTINUE  # the step is redone
+
+    async def _stream_once(self, role: Role, max_tokens: int) -> _Step:
         """One span by streaming: read tokens until a final cut plus its word end, then stop."""
         fmt = role.format
         predictor = role.predictor
@@ -247,50 +264,47 @@ class SampleRun:
         finish: str | None = None
         after = 0
         self.stats.requests += 1
-        try:
-            async with self.slot(role.backend), aclosing(role.backend.stream(request)) as deltas:
-                async for delta in deltas:
-                    if delta.pieces:
-                        start = len(streamed)
-                        look = streamed.tail(marker_len) if marker_len else ""
+        async with self.slot(role.backend), aclosing(role.backend.stream(request)) as deltas:
+            async for delta in deltas:
+                self.stats.retried_requests += delta.retries
+                if delta.pieces:
+                    start = len(streamed)
+                    look = streamed.tail(marker_len) if marker_len else ""
+                    if ids is not None:
+                        if delta.token_ids is None or len(ids) < len(pieces):
+                            ids = None  # ids missing for some piece: encode the text instead
+                        else:
+                            ids.extend(delta.token_ids[: len(delta.pieces)])
+                    pieces.extend(delta.pieces)
+                    for p in delta.pieces:
+                        streamed.append(p)
+                    hit = fmt.find_think_end(look + "".join(delta.pieces)) if marker_len else None
+                    if hit is not None:
+                        offset = start - len(look)
+                        pieces, after, whole = trim_at(pieces, offset + hit[0], offset + hit[1])
                         if ids is not None:
-                            if delta.token_ids is None or len(ids) < len(pieces):
-                                ids = None  # ids missing for some piece: encode the text instead
-                            else:
-                                ids.extend(delta.token_ids[: len(delta.pieces)])
-                        pieces.extend(delta.pieces)
-                        for p in delta.pieces:
-                            streamed.append(p)
-                        hit = fmt.find_think_end(look + "".join(delta.pieces)) if marker_len else None
-                        if hit is not None:
-                            offset = start - len(look)
-                            pieces, after, whole = trim_at(pieces, offset + hit[0], offset + hit[1])
-                            if ids is not None:
-                                del ids[whole:]
-                            ended = True
-                    finish = delta.finish_reason or finish
-                    if delta.finish_reason == "stop":
+                            del ids[whole:]
                         ended = True
-                    done = ended or delta.finish_reason is not None
-                    if cut is None:
-                        context = self.thinking.view().extended(tail_of(pieces, checked, predictor.context_chars))
-                        # A cut at j is final once piece j + 1 can no longer change type.
-                        final = len(pieces) - 1 if done else checked + predictor.settled(context, pieces[checked:]) - 2
-                        if ended:
-                            final = min(final, len(pieces) - 2)
-                        if final >= checked:
-                            j = await self._find_cut(role, pieces[checked:], final - checked, context)
-                            if j is None:
-                                checked = final + 1
-                            else:
-                                cut = checked + j
-                    if cut is not None and (done or word_end(pieces, cut) is not None):
-                        break
-                    if done:
-                        break
-        except BackendError as exc:
-            self._charge(exc)
-            return _Step.CONTINUE  # the step is redone
+                finish = delta.finish_reason or finish
+                if delta.finish_reason == "stop":
+                    ended = True
+                done = ended or delta.finish_reason is not None
+                if cut is None:
+                    context = self.thinking.view().extended(tail_of(pieces, checked, predictor.context_chars))
+                    # A cut at j is final once piece j + 1 can no longer change type.
+                    final = len(pieces) - 1 if done else checked + predictor.settled(context, pieces[checked:]) - 2
+                    if ended:
+                        final = min(final, len(pieces) - 2)
+                    if final >= checked:
+                        j = await self._find_cut(role, pieces[checked:], final - checked, context)
+                        if j is None:
+                            checked = final + 1
+                        else:
+                            cut = checked + j
+                if cut is not None and (done or word_end(pieces, cut) is not None):
+                    break
+                if done:
+                    break
         self.stats.discarded_tokens += after
         if finish == "length" and not ended and cut is None:
             held = open_tail(pieces, fmt.think_stop)
@@ -390,9 +404,15 @@ class SampleRun:
 
         async def attempt() -> Generation:
             self.stats.requests += 1
+            if self.budget.failures > failures[0]:  # the attempt before this one failed
+                failures[0] = self.budget.failures
+                self.stats.retried_requests += 1
             async with self.slot(role.backend):
-                return await role.backend.generate(request)
+                gen = await role.backend.generate(request)
+            self.stats.retried_requests += gen.retries
+            return gen
 
+        failures = [self.budget.failures]
         try:
             return await call_with_retries(attempt, self.budget, what=f"sample {self.sample.id}: a {role.name} request")
         except BackendError as exc:

@@ -57,6 +57,7 @@ def build_backend(config: RoleConfig) -> Backend:
             connect_timeout_s=config.connect_timeout_s,
             max_retries=config.max_retries,
             backoff_s=config.backoff_s,
+            outage_timeout_s=config.outage_timeout_s,
             logprobs=config.logprobs,
             extra_body=config.extra_body,
         )

@@ -82,6 +82,7 @@ class OpenAICompletionsBackend(Backend):
         logprobs: bool = True,
         extra_body: dict[str, Any] | None = None,
         tokenizer: Tokenizer | None = None,
+        outage_timeout_s: float = 600.0,
     ) -> None:
         super().__init__(max_concurrency=max_concurrency * max(1, len(endpoints)))
         self.model = model
@@ -89,7 +90,9 @@ class OpenAICompletionsBackend(Backend):
         self.accepts_token_ids = server != "openai"
         self.returns_token_ids = server in ("vllm", "sglang")
         self.supports_scoring = server != "llamacpp"
-        self.pool = EndpointPool(endpoints, max_concurrency=max_concurrency)
+        self.pool = EndpointPool(
+            endpoints, max_concurrency=max_concurrency, probe=self._probe, outage_timeout_s=outage_timeout_s, name=model
+        )
         self.max_retries = max_retries
         self.backoff = Backoff(backoff_s, max_backoff_s)
         self.logprobs = logprobs
@@ -165,35 +168,53 @@ class OpenAICompletionsBackend(Backend):
         picks the replica a sample sticks to); at most ``max_retries`` retries, with backoff.
         Returns the result and how many failed attempts came before it."""
         tried: set[str] = set()
+        waited = 0  # failures in an outage that was waited out: tried again, not charged
 
         async def attempt() -> T:
-            ep = self.pool.choose(key, avoid=tried)
-            tried.add(ep.url)
-            try:
-                async with ep.slots:
-                    ep.requests += 1
-                    result = await once(ep)
-            except BackendError as exc:
-                if exc.retryable:
-                    self.pool.failed(ep)
-                raise
-            except httpx.TimeoutException as exc:
+            nonlocal waited
+            while True:
+                await self.pool.ready()  # no request goes out while the breaker is open
+                ep = self.pool.choose(key, avoid=tried)
+                tried.add(ep.url)
+                try:
+                    async with ep.slots:
+                        ep.requests += 1
+                        result = await once(ep)
+                except BackendError as exc:
+                    error = exc
+                except httpx.TimeoutException as exc:
+                    error = _retry(f"timed out ({type(exc).__name__})")
+                except httpx.TransportError as exc:
+                    error = _retry(f"{type(exc).__name__}: {exc}")
+                else:
+                    self.pool.succeeded(ep)
+                    return result
+                if not error.retryable:
+                    raise error
                 self.pool.failed(ep)
-                raise _retry(f"timed out ({type(exc).__name__})") from exc
-            except httpx.TransportError as exc:
-                self.pool.failed(ep)
-                raise _retry(f"{type(exc).__name__}: {exc}") from exc
-            self.pool.succeeded(ep)
-            return result
+                if await self.pool.outage():
+                    waited += 1
+                    tried.clear()
+                    continue
+                raise error
 
         budget = FailureBudget(self.max_retries)
         try:
             result = await call_with_retries(attempt, budget, backoff=self.backoff, what=f"a request to {self.model}")
-            return result, budget.failures
+            return result, budget.failures + waited
         except BackendError as exc:
             if not exc.retryable:
                 raise
             raise BackendError(f"{self.model}: {budget.failures} attempts failed, the last: {exc}") from None
+
+    async def _probe(self, ep: Endpoint) -> bool:
+        """Whether a replica answers at all (``GET /v1/models``, which every OpenAI-compatible
+        server serves; any answer below 500 means it is up)."""
+        try:
+            response = await self.client.get(f"{ep.url}/models", timeout=self._timeout.connect or 10.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 500
 
     @staticmethod
     def _check_status(ep: Endpoint, response: httpx.Response, body: bytes) -> None:

@@ -28,7 +28,7 @@ from contextlib import aclosing
 
 from ..backends.base import Backend, GenerateRequest, Generation, Prompt
 from ..boundary.base import CutQuery
-from ..errors import BackendError, BoundaryError, TessyError
+from ..errors import BackendError, BoundaryError, OutageError, TessyError
 from ..records import Failure, Mode, Phase, Sample, SampleResult, SampleStats, Source
 from ..retry import FailureBudget, call_with_retries
 from ..text import TextBuffer, TextView
@@ -113,6 +113,8 @@ class SampleRun:
             response = student_format.render_response(thinking, answer)
         except _Failed as exc:
             failure = exc.failure
+        except OutageError:
+            raise  # not this sample's failure: the run ends (see EndpointPool)
         except TessyError as exc:
             failure = Failure(type(exc).__name__, str(exc))
         self.stats.wall_s = time.perf_counter() - started

@@ -99,7 +99,8 @@ class FaultServer:
         finish = "length" if n < len(words) and behaviour != "empty" else "stop"
         stop_reason = None
         if body.get("stream"):
-            self._stream(h, tokens, finish, break_after=2 if behaviour == "midstream" else None)
+            eos = finish == "stop" and behaviour != "empty"
+            self._stream(h, tokens, finish, break_after=2 if behaviour == "midstream" else None, eos=eos)
             return
         text = "".join(tokens)
         stops = [x for x in body.get("stop") or [] if x in text]
@@ -131,7 +132,9 @@ class FaultServer:
             h, status, json.dumps(obj).encode(), "application/json", {"Retry-After": "0"} if retry_after else None
         )
 
-    def _stream(self, h: BaseHTTPRequestHandler, tokens: list[str], finish: str, break_after: int | None) -> None:
+    def _stream(
+        self, h: BaseHTTPRequestHandler, tokens: list[str], finish: str, break_after: int | None, eos: bool = False
+    ) -> None:
         h.send_response(200)
         h.send_header("Content-Type", "text/event-stream")
         h.send_header("Connection", "close")
@@ -145,7 +148,7 @@ class FaultServer:
             h.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
             h.wfile.flush()
         last = {"choices": [{"index": 0, "text": "", "finish_reason": finish}]}
-        usage = {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": len(tokens) + (finish == "stop")}}
+        usage = {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": len(tokens) + eos}}
         h.wfile.write(f"data: {json.dumps(last)}\n\ndata: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
         h.wfile.flush()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,6 +145,11 @@ def test_streaming_yields_tokens_and_a_broken_stream_raises(server):
     server.queue("midstream")
     with pytest.raises(BackendError, match="connection lost in the middle of a stream"):
         asyncio.run(collect(backend(server.url)))
+    # An empty stream that says "stop" but counts no end-of-sequence token is a fault, not an end.
+    server.queue("empty")
+    with pytest.raises(BackendError, match="said it stopped") as err:
+        asyncio.run(collect(backend(server.url)))
+    assert err.value.retryable
 
 
 def test_api_key_is_sent_and_never_logged(server, monkeypatch, caplog):
@@ -181,12 +187,18 @@ def _write_run(tmp_path: Path, url: str, n: int) -> Path:
     return path
 
 
-def test_a_dead_server_never_hangs_a_run_and_nothing_is_lost(tmp_path):
-    summary = tessy.synthesize(tessy.load_config(_write_run(tmp_path, dead_url(), 5)))
-    assert summary.written == 0 and summary.failed == {"request_failures": 5}
-    failed = [json.loads(line) for line in (tmp_path / "out.failed.jsonl").read_text().splitlines()]
-    assert sorted(f["id"] for f in failed) == [f"p{i}" for i in range(5)]
-    assert all("ConnectError" in f["failure"] for f in failed)
+def test_a_dead_server_never_hangs_a_run_and_nothing_is_lost(tmp_path, capsys):
+    """A server that never answers is an outage: samples wait for it (none is failed) until
+    outage_timeout_s, then the run ends with a clear error and a non-zero exit."""
+    from tessy.cli import main
+
+    path = _write_run(tmp_path, dead_url(), 5)
+    started = time.monotonic()
+    assert main(["synth", "--config", str(path), "teacher.outage_timeout_s=0.5", "student.outage_timeout_s=0.5"]) == 1
+    assert time.monotonic() - started < 30
+    assert "no replica of m has answered for 0.5 s (outage_timeout_s)" in " ".join(capsys.readouterr().err.split())
+    # Nothing was lost: no sample was written or failed, so a rerun does them all.
+    assert not (tmp_path / "out.failed.jsonl").exists() or not (tmp_path / "out.failed.jsonl").read_text().strip()
 
 
 def test_a_flaky_server_still_gives_every_sample(tmp_path, server):

@@ -208,13 +208,14 @@ class OpenAICompletionsBackend(Backend):
             raise BackendError(f"{self.model}: {budget.failures} attempts failed, the last: {exc}") from None
 
     async def _probe(self, ep: Endpoint) -> bool:
-        """Whether a replica answers at all (``GET /v1/models``, which every OpenAI-compatible
-        server serves; any answer below 500 means it is up)."""
+        """Whether a replica is there at all (``GET /v1/models``, which OpenAI-compatible servers
+        serve). Down: no connection, no answer in time, or what a gateway or a starting server
+        says (502, 503, 504); any other answer, even an error, comes from a live server."""
         try:
             response = await self.client.get(f"{ep.url}/models", timeout=self._timeout.connect or 10.0)
         except httpx.HTTPError:
             return False
-        return response.status_code < 500
+        return response.status_code not in (502, 503, 504)
 
     @staticmethod
     def _check_status(ep: Endpoint, response: httpx.Response, body: bytes) -> None:

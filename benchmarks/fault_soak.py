@@ -51,7 +51,7 @@ def config(folder: Path, url: str, n: int, *, streaming: bool, name: str, outage
             "max_concurrency": 64,
             "max_retries": 4,
             "backoff_s": 0.05,
-            "timeout_s": 1.0,
+            "timeout_s": 3.0,
             "outage_timeout_s": outage_timeout_s,
             "sampling": {"seed": 0},
         }
@@ -133,7 +133,7 @@ async def main(args: argparse.Namespace) -> int:
             if args.outage_s:
                 runs.append((f"{args.outage_s:g} s outage", 0.0, args.outage_s))
             for label, rate, outage_s in runs:
-                async with FaultProxy(sim.url, rate=rate, seed=args.seed, hang_s=2.0) as proxy:
+                async with FaultProxy(sim.url, rate=rate, seed=args.seed, hang_s=4.0) as proxy:
                     name = f"{mode}-{label.replace(' ', '-').replace('%', 'pc')}"
                     path = config(
                         folder,

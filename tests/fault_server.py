@@ -3,12 +3,16 @@
 Each POST to ``/v1/completions`` takes the next behaviour from a queue (or the default):
 
 ``ok`` (a valid completion), ``500``, ``429``, ``400``, ``hang`` (never answers in time),
-``reset`` (drops the connection without a response), ``empty`` (no text), ``malformed``
+``reset`` (drops the connection without a response), ``empty`` (no text, finish ``stop`` and no token counted), ``malformed``
 (not JSON), ``midstream`` (a stream that breaks after two tokens), ``noecho`` (ignores ``echo``,
 as llama.cpp's server does), ``echo-key`` (a 401 whose message repeats the API key sent, as
 some gateways do), ``odd-usage`` (a completion whose ``usage.prompt_tokens_details`` is ``7``).
 With ``echo`` and ``logprobs``, an ``ok`` answer echoes the prompt split into words and newlines, each scored
 ``-len(word) / 10`` (the first ``null``), then one generated token, as vLLM answers.
+``words`` (the tokens an ``ok`` answer writes) or ``responder`` (a function of the request body
+giving them) say what a completion holds; ``stop`` strings are matched server-side (not while
+streaming: tessy finds them itself), and a completion that ends before ``max_tokens`` ends with
+an end-of-sequence token, counted in ``usage.completion_tokens`` as servers count it.
 Every request body is recorded. ``GET /v1/models`` lists :attr:`FaultServer.models` (the
 pre-flight check of a run), or answers :attr:`FaultServer.models_error` (a status and a message)
 when set.
@@ -23,6 +27,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -35,6 +40,8 @@ class FaultServer:
         self.default = default
         self.hang_s = hang_s
         self.requests: list[dict[str, Any]] = []
+        self.words: list[str] = list(WORDS)
+        self.responder: Callable[[dict[str, Any]], list[str]] | None = None
         self.lock = threading.Lock()
         self.models: tuple[str, ...] = ("m", "s")
         self.models_error: tuple[int, str] | None = None
@@ -105,16 +112,28 @@ class FaultServer:
         if body.get("echo") and body.get("logprobs") and behaviour == "ok":
             self._json(h, 200, {"choices": [echo_choice(str(body["prompt"]))]})
             return
-        n = min(int(body.get("max_tokens", 16)), len(WORDS))
-        tokens = WORDS[:n] if behaviour != "empty" else []
-        finish = "length" if n < len(WORDS) or behaviour == "empty" else "stop"
+        words = self.responder(body) if self.responder is not None else self.words
+        n = min(int(body.get("max_tokens", 16)), len(words))
+        tokens = words[:n] if behaviour != "empty" else []
+        # An empty completion says "stop", as the faulty servers seen in the wild do.
+        finish = "length" if n < len(words) and behaviour != "empty" else "stop"
+        stop_reason = None
         if body.get("stream"):
-            self._stream(h, tokens, finish, break_after=2 if behaviour == "midstream" else None)
+            eos = finish == "stop" and behaviour != "empty"
+            self._stream(h, tokens, finish, break_after=2 if behaviour == "midstream" else None, eos=eos)
             return
-        choice: dict[str, Any] = {"index": 0, "text": "".join(tokens), "finish_reason": finish}
+        text = "".join(tokens)
+        stops = [x for x in body.get("stop") or [] if x in text]
+        if stops:
+            stop_reason = min(stops, key=text.find)
+            text = text[: text.find(stop_reason)]
+            finish = "stop"
+        # The end-of-sequence token (or the stop string's tokens) is generated, and counted.
+        completion = len(tokens) + (1 if finish == "stop" and behaviour != "empty" and not stops else 0)
+        choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason}
         if body.get("logprobs"):
             choice["logprobs"] = {"tokens": tokens, "token_logprobs": [-0.1] * len(tokens)}
-        usage: dict[str, Any] = {"prompt_tokens": 7, "completion_tokens": len(tokens)}
+        usage: dict[str, Any] = {"prompt_tokens": 7, "completion_tokens": completion}
         usage["prompt_tokens_details"] = 7 if behaviour == "odd-usage" else {"cached_tokens": 3}
         self._json(h, 200, {"choices": [choice], "usage": usage})
 
@@ -134,7 +153,9 @@ class FaultServer:
             h, status, json.dumps(obj).encode(), "application/json", {"Retry-After": "0"} if retry_after else None
         )
 
-    def _stream(self, h: BaseHTTPRequestHandler, tokens: list[str], finish: str, break_after: int | None) -> None:
+    def _stream(
+        self, h: BaseHTTPRequestHandler, tokens: list[str], finish: str, break_after: int | None, eos: bool = False
+    ) -> None:
         h.send_response(200)
         h.send_header("Content-Type", "text/event-stream")
         h.send_header("Connection", "close")
@@ -148,7 +169,8 @@ class FaultServer:
             h.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
             h.wfile.flush()
         last = {"choices": [{"index": 0, "text": "", "finish_reason": finish}]}
-        h.wfile.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+        usage = {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": len(tokens) + eos}}
+        h.wfile.write(f"data: {json.dumps(last)}\n\ndata: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
         h.wfile.flush()
 
 

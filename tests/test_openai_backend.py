@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 import tessy
 from fault_server import FaultServer, dead_url
-from tessy import BackendError, ConfigError
+from tessy import BackendError, ConfigError, get_format
 from tessy.backends import GenerateRequest, Prompt, ScoreRequest
 from tessy.backends.openai import OpenAICompletionsBackend, _align
 
@@ -144,6 +145,11 @@ def test_streaming_yields_tokens_and_a_broken_stream_raises(server):
     server.queue("midstream")
     with pytest.raises(BackendError, match="connection lost in the middle of a stream"):
         asyncio.run(collect(backend(server.url)))
+    # An empty stream that says "stop" but counts no end-of-sequence token is a fault, not an end.
+    server.queue("empty")
+    with pytest.raises(BackendError, match="said it stopped") as err:
+        asyncio.run(collect(backend(server.url)))
+    assert err.value.retryable
 
 
 def test_api_key_is_sent_and_never_logged(server, monkeypatch, caplog):
@@ -248,6 +254,25 @@ def test_an_odd_usage_field_fails_its_sample_with_a_reason_and_the_run_goes_on(t
     assert failed["failure"].startswith("unexpected_error: AttributeError") and "openai.py:" in failed["failure"]
 
 
+def test_a_server_that_dies_after_the_check_is_an_outage_and_nothing_is_lost(tmp_path, capsys, monkeypatch):
+    """A server that stops answering once the run has begun is an outage: samples wait for it
+    (none is failed) until outage_timeout_s, then the run ends with a clear error and a non-zero exit."""
+    from tessy.backends.openai import OpenAICompletionsBackend
+    from tessy.cli import main
+
+    async def passed(self: OpenAICompletionsBackend) -> None:  # the pre-flight check saw it alive
+        return None
+
+    monkeypatch.setattr(OpenAICompletionsBackend, "check", passed)
+    path = _write_run(tmp_path, dead_url(), 5)
+    started = time.monotonic()
+    assert main(["synth", "--config", str(path), "teacher.outage_timeout_s=0.5", "student.outage_timeout_s=0.5"]) == 1
+    assert time.monotonic() - started < 30
+    assert "no replica of m has answered for 0.5 s (outage_timeout_s)" in " ".join(capsys.readouterr().err.split())
+    # Nothing was lost: no sample was written or failed, so a rerun does them all.
+    assert not (tmp_path / "out.failed.jsonl").exists() or not (tmp_path / "out.failed.jsonl").read_text().strip()
+
+
 def test_a_flaky_server_still_gives_every_sample(tmp_path, server):
     server.queue("500", "reset", "429", "malformed", "empty", "500")
     summary = tessy.synthesize(tessy.load_config(_write_run(tmp_path, server.url, 4), ["mode=teacher-only"]))
@@ -267,11 +292,43 @@ def test_streams_end_at_stop_strings_found_by_the_client(server):
     assert "stop" not in server.requests[0]["body"]
     assert [p for d in deltas for p in d.pieces] == ["The"]
     assert (deltas[-1].finish_reason, deltas[-1].stop_reason) == ("stop", " answ")
-    # A stop string split over chunks ends the stream when it completes; the text already
-    # streamed stays streamed (the engine trims the end-of-thinking marker it finds).
+    # A stop string split over chunks: the piece that might begin it is held back until the
+    # next one decides, so none of it is ever yielded.
     deltas = asyncio.run(collect(" is fo"))
-    assert [p for d in deltas for p in d.pieces] == ["The", " answer", " is"]
+    assert [p for d in deltas for p in d.pieces] == ["The", " answer"]
     assert (deltas[-1].finish_reason, deltas[-1].stop_reason) == ("stop", " is fo")
+    # A piece held back that turns out not to begin the stop string is text after all.
+    deltas = asyncio.run(collect(" is all!"))
+    assert "".join(p for d in deltas for p in d.pieces) == "The answer is forty-two and that is"
+    assert deltas[-1].finish_reason == "length"
+
+
+#: Every format's end-of-thinking markers (``template`` ends at its ``think_close``, ``</think>`` by default).
+END_MARKERS = sorted({m for name in ("qwen3", "deepseek-r1", "chatml", "gpt-oss") for m in get_format(name).think_stop})
+
+
+@pytest.mark.parametrize("marker", END_MARKERS)
+def test_a_stream_never_yields_any_of_an_end_marker_split_anywhere(server, marker):
+    """vLLM strips special tokens, so gpt-oss's end of analysis streams as `assistant` then `final`."""
+    splits = [[marker[:i], marker[i:]] for i in range(1, len(marker))] + [list(marker)]
+
+    async def collect(b: OpenAICompletionsBackend) -> list[tessy.StreamDelta]:
+        return [d async for d in b.stream(request(max_tokens=20, stop=tuple(END_MARKERS)))]
+
+    async def go() -> None:
+        b = backend(server.url)
+        try:
+            for parts in splits:
+                server.words = ["that", " is", " it", ".", *parts, "The", " answer"]
+                deltas = await collect(b)
+                assert "".join(p for d in deltas for p in d.pieces) == "that is it.", parts
+                assert (deltas[-1].finish_reason, deltas[-1].stop_reason) == ("stop", marker)
+                ids_ok = all(d.token_ids is None or len(d.token_ids) == len(d.pieces) for d in deltas)
+                assert ids_ok
+        finally:
+            await b.aclose()
+
+    asyncio.run(go())
 
 
 def score(b: OpenAICompletionsBackend, prompt: str, continuation: str) -> tessy.TokenScores:

@@ -199,3 +199,68 @@ def test_a_replica_that_failed_thousands_of_times_in_a_row_rests_the_longest_tim
     before = time.monotonic()
     pool.failed(ep)
     assert ep.failures == 5001 and 59.0 < ep.down_until - before <= 60.5
+
+
+def breaker_pool(answers: list[bool], timeout_s: float = 5.0) -> tuple[object, list[bool]]:
+    """A two-replica pool whose health probe answers as ``answers`` says, one per probe round."""
+    from tessy.backends.pool import Endpoint, EndpointPool
+
+    rounds: list[bool] = []
+
+    async def probe(ep: Endpoint) -> bool:
+        if ep.url == "http://a":
+            rounds.append(answers[min(len(rounds), len(answers) - 1)])
+        return rounds[-1]
+
+    pool = EndpointPool(
+        ["http://a", "http://b"],
+        max_concurrency=1,
+        probe=probe,
+        outage_timeout_s=timeout_s,
+        probe_backoff=Backoff(0.01, 0.02),
+        name="m",
+    )
+    return pool, rounds
+
+
+def test_a_failure_while_a_replica_is_up_is_the_requests_own():
+    pool, rounds = breaker_pool([True])
+
+    async def go() -> bool:
+        pool.failed(pool.endpoints[0])
+        assert not await pool.outage()  # the other replica has not failed: no probe at all
+        pool.failed(pool.endpoints[1])
+        return await pool.outage()
+
+    assert asyncio.run(go()) is False and rounds == [True]
+
+
+def test_an_outage_is_waited_out_by_every_caller_with_one_probe():
+    pool, rounds = breaker_pool([False, False, False, True])
+
+    async def go() -> list[bool]:
+        for ep in pool.endpoints:
+            pool.failed(ep)
+        waited = await asyncio.gather(*(pool.outage() for _ in range(20)), pool.ready())
+        await pool.ready()  # closed again: returns at once
+        return waited[:20]
+
+    assert asyncio.run(go()) == [True] * 20
+    assert rounds == [False, False, False, True] and pool.outages == 1
+    assert all(ep.failures == 0 for ep in pool.endpoints)  # the replicas that answered are healthy again
+
+
+def test_an_outage_past_its_timeout_ends_with_a_clear_error():
+    from tessy.errors import OutageError
+
+    pool, _ = breaker_pool([False], timeout_s=0.1)
+
+    async def go() -> None:
+        for ep in pool.endpoints:
+            pool.failed(ep)
+        with pytest.raises(OutageError, match=r"no replica of m has answered for 0.1 s"):
+            await pool.outage()
+        with pytest.raises(OutageError):  # and every later request is told so too
+            await pool.ready()
+
+    asyncio.run(go())

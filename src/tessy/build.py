@@ -57,7 +57,7 @@ def build_backend(config: RoleConfig) -> Backend:
         return OpenAICompletionsBackend(
             **_settings(
                 config, "model", "endpoints", "server", "api_key_env", "max_concurrency", "timeout_s",
-                "connect_timeout_s", "max_retries", "backoff_s", "logprobs", "extra_body",
+                "connect_timeout_s", "max_retries", "backoff_s", "outage_timeout_s", "logprobs", "extra_body",
             )
         )  # fmt: skip
     if config.backend == "llamacpp":

@@ -10,6 +10,7 @@ or model library sits underneath. Messages say what went wrong *and* what to do 
     ├── FormatError             a chat format cannot render a prompt or parse a response
     ├── BoundaryError           a boundary predictor failed or returned an impossible cut
     ├── BackendError            a generation request failed (``retryable``, ``status``)
+    ├── OutageError             every replica of a model stayed down past ``outage_timeout_s`` (ends the run)
     ├── ServerStartError        a local server (llama.cpp) did not start or never became healthy
     ├── ModelError              a model file cannot be found, verified or installed
     │   └── MissingModelError   a catalogued model's package is not installed
@@ -32,6 +33,7 @@ __all__ = [
     "MissingDependencyError",
     "MissingModelError",
     "ModelError",
+    "OutageError",
     "ServerStartError",
     "TessyError",
 ]
@@ -72,6 +74,14 @@ class BackendError(TessyError):
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+
+
+class OutageError(TessyError):
+    """Every replica of a model failed and none answered a health probe for ``outage_timeout_s``.
+
+    Not a sample's failure: samples wait out an outage (their failure budgets are not charged),
+    and one that lasts too long ends the whole run, the records already written kept.
+    """
 
 
 class ServerStartError(TessyError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import overload
 
-__all__ = ["TextBuffer", "TextView", "TokenView"]
+__all__ = ["TextBuffer", "TextView", "TokenView", "open_stop"]
 
 
 class TextBuffer:
@@ -193,3 +193,14 @@ class TokenView(Sequence[int]):
             return other._n <= self._n
         n = len(other)
         return n <= self._n and self._ids[:n] == list(other)
+
+
+def open_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the longest end of ``text`` that is the start of one of ``stops`` (but not all of
+    it) begins, or ``None``: the text from there may yet become a stop string, or may not."""
+    longest = max((len(x) for x in stops), default=0)
+    for start in range(max(0, len(text) - longest + 1), len(text)):
+        tail = text[start:]
+        if any(len(x) > len(tail) and x.startswith(tail) for x in stops):
+            return start
+    return None

@@ -101,6 +101,8 @@ class Generation:
     cached_tokens: int | None = None
     #: Tokens the server says it generated (may count an end-of-sequence token not in ``pieces``).
     completion_tokens: int | None = None
+    #: Failed attempts the backend tried again before this answer (nothing of them is in it).
+    retries: int = 0
 
     @property
     def text(self) -> str:
@@ -112,12 +114,16 @@ class Generation:
 
 @dataclass(slots=True)
 class StreamDelta:
-    """Some new tokens of a streamed continuation; the last delta carries ``finish_reason``."""
+    """Some new tokens of a streamed continuation; the last delta carries ``finish_reason``
+    (and ``completion_tokens``, where the server counted them)."""
 
     pieces: list[str]
     token_ids: list[int] | None = None
     finish_reason: FinishReason | None = None
     stop_reason: str | None = None
+    completion_tokens: int | None = None
+    #: On a stream's first delta: failed attempts the backend tried again before the stream began.
+    retries: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +178,9 @@ class Backend(ABC):
     supports_streaming: bool = False
     #: Implements :meth:`score` (log-probabilities of a given continuation).
     supports_scoring: bool = False
+    #: How many times a failed request is tried again; the engine gives a stream that breaks
+    #: after its first token (which a backend cannot retry itself) as many tries.
+    max_retries: int = 0
 
     def __init__(self, *, max_concurrency: int = 64) -> None:
         if max_concurrency < 1:

@@ -214,6 +214,7 @@ class LlamaCppBackend(Backend):
             n_threads=n_threads,
             startup_timeout_s=startup_timeout_s,
         )
+        self.max_retries = max_retries
         self._options = {"timeout_s": timeout_s, "max_retries": max_retries}
         self._client: OpenAICompletionsBackend | None = None
         self._lock: asyncio.Lock | None = None

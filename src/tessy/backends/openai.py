@@ -46,6 +46,7 @@ import httpx
 
 from ..errors import BackendError, ConfigError
 from ..retry import Backoff, FailureBudget, call_with_retries
+from ..text import open_stop
 from ..tokenizers import FakeTokenizer, Tokenizer
 from .base import Backend, FinishReason, GenerateRequest, Generation, ScoreRequest, StreamDelta, TokenScores
 from .pool import Endpoint, EndpointPool
@@ -87,6 +88,7 @@ class OpenAICompletionsBackend(Backend):
         logprobs: bool = True,
         extra_body: dict[str, Any] | None = None,
         tokenizer: Tokenizer | None = None,
+        outage_timeout_s: float = 600.0,
     ) -> None:
         super().__init__(max_concurrency=max_concurrency * max(1, len(endpoints)))
         self.model = model
@@ -94,7 +96,9 @@ class OpenAICompletionsBackend(Backend):
         self.accepts_token_ids = server != "openai"
         self.returns_token_ids = server in ("vllm", "sglang")
         self.supports_scoring = server != "llamacpp"
-        self.pool = EndpointPool(endpoints, max_concurrency=max_concurrency)
+        self.pool = EndpointPool(
+            endpoints, max_concurrency=max_concurrency, probe=self._probe, outage_timeout_s=outage_timeout_s, name=model
+        )
         self.max_retries = max_retries
         self.backoff = Backoff(backoff_s, max_backoff_s)
         self.logprobs = logprobs
@@ -227,38 +231,59 @@ class OpenAICompletionsBackend(Backend):
     def _key(request: GenerateRequest) -> str:
         return f"{request.sample_id}|{request.role}"
 
-    async def _with_retries(self, key: str, once: Callable[[Endpoint], Awaitable[T]]) -> T:
+    async def _with_retries(self, key: str, once: Callable[[Endpoint], Awaitable[T]]) -> tuple[T, int]:
         """Call ``once(endpoint)`` until it succeeds, failing over between replicas (``key``
-        picks the replica a sample sticks to); at most ``max_retries`` retries, with backoff."""
+        picks the replica a sample sticks to); at most ``max_retries`` retries, with backoff.
+        Returns the result and how many failed attempts came before it."""
         tried: set[str] = set()
+        waited = 0  # failures in an outage that was waited out: tried again, not charged
 
         async def attempt() -> T:
-            ep = self.pool.choose(key, avoid=tried)
-            tried.add(ep.url)
-            try:
-                async with ep.slots:
-                    ep.requests += 1
-                    result = await once(ep)
-            except BackendError as exc:
-                if exc.retryable:
-                    self.pool.failed(ep)
-                raise self._redacted(exc) from None
-            except httpx.TimeoutException as exc:
+            nonlocal waited
+            while True:
+                await self.pool.ready()  # no request goes out while the breaker is open
+                ep = self.pool.choose(key, avoid=tried)
+                tried.add(ep.url)
+                try:
+                    async with ep.slots:
+                        ep.requests += 1
+                        result = await once(ep)
+                except BackendError as exc:
+                    error = exc
+                except httpx.TimeoutException as exc:
+                    error = _retry(f"timed out ({type(exc).__name__})")
+                except httpx.TransportError as exc:
+                    error = _retry(f"{type(exc).__name__}: {exc}")
+                else:
+                    self.pool.succeeded(ep)
+                    return result
+                if not error.retryable:
+                    raise self._redacted(error) from None
                 self.pool.failed(ep)
-                raise _retry(f"timed out ({type(exc).__name__})") from exc
-            except httpx.TransportError as exc:
-                self.pool.failed(ep)
-                raise _retry(f"{type(exc).__name__}: {exc}") from exc
-            self.pool.succeeded(ep)
-            return result
+                if await self.pool.outage():
+                    waited += 1
+                    tried.clear()
+                    continue
+                raise self._redacted(error) from None
 
         budget = FailureBudget(self.max_retries)
         try:
-            return await call_with_retries(attempt, budget, backoff=self.backoff, what=f"a request to {self.model}")
+            result = await call_with_retries(attempt, budget, backoff=self.backoff, what=f"a request to {self.model}")
+            return result, budget.failures + waited
         except BackendError as exc:
             if not exc.retryable:
                 raise
             raise BackendError(f"{self.model}: {budget.failures} attempts failed, the last: {exc}") from None
+
+    async def _probe(self, ep: Endpoint) -> bool:
+        """Whether a replica is there at all (``GET /v1/models``, which OpenAI-compatible servers
+        serve). Down: no connection, no answer in time, or what a gateway or a starting server
+        says (502, 503, 504); any other answer, even an error, comes from a live server."""
+        try:
+            response = await self.client.get(f"{ep.url}/models", timeout=self._timeout.connect or 10.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code not in (502, 503, 504)
 
     @staticmethod
     def _check_status(ep: Endpoint, response: httpx.Response, body: bytes) -> None:
@@ -301,15 +326,24 @@ class OpenAICompletionsBackend(Backend):
             finish = _finish(choice.get("finish_reason"))
             if not text and finish == "length":
                 raise _retry(f"empty completion from {ep.url}")
-            pieces = _align(text, _token_strings(choice.get("logprobs")), self.tokenizer)
+            pieces, counted = _align_counted(text, _token_strings(choice.get("logprobs")), self.tokenizer)
+            usage = data.get("usage") or {}
+            if not isinstance(usage, dict):
+                raise _retry(f"malformed response from {ep.url}: usage is not an object")
+            stop_reason = _stop_reason(choice)
+            if finish == "stop" and not _proven_stop(
+                stop_reason, usage.get("completion_tokens"), counted, request.stop
+            ):
+                raise _retry(
+                    f"{ep.url} said its completion stopped ({len(text)} characters) but named no stop string "
+                    "and counted no end-of-sequence token: taken as a fault, not the end of the text"
+                )
             ids = choice.get("token_ids")
             if isinstance(ids, list) and finish == "stop" and len(ids) == len(pieces) + 1:
                 ids = ids[:-1]  # the end-of-sequence (or stop) token, which has no text
             if not (isinstance(ids, list) and len(ids) == len(pieces)):
                 ids = None
-            usage = data.get("usage") or {}
             details = usage.get("prompt_tokens_details") or {}
-            stop_reason = choice.get("stop_reason")
             return Generation(
                 pieces=pieces,
                 finish_reason=finish,
@@ -320,7 +354,9 @@ class OpenAICompletionsBackend(Backend):
                 completion_tokens=usage.get("completion_tokens"),
             )
 
-        return await self._with_retries(self._key(request), once)
+        gen, retries = await self._with_retries(self._key(request), once)
+        gen.retries = retries
+        return gen
 
     # -- score ---------------------------------------------------------------------------
 
@@ -358,7 +394,7 @@ class OpenAICompletionsBackend(Backend):
                 raise _retry(f"malformed response from {ep.url}: {raw[:200]!r}") from None
             return _echo_scores(choice.get("logprobs"), len(prompt), len(full), where=ep.url)
 
-        return await self._with_retries(f"{request.sample_id}|score", once)
+        return (await self._with_retries(f"{request.sample_id}|score", once))[0]
 
     # -- stream --------------------------------------------------------------------------
 
@@ -377,27 +413,37 @@ class OpenAICompletionsBackend(Backend):
 
         # Retries and failover happen only before the first token; a stream that breaks later
         # raises, and the engine redoes the whole step.
-        response = await self._with_retries(self._key(request), once)
+        response, retries = await self._with_retries(self._key(request), once)
         got_any = False
-        stops = request.stop
-        longest = max((len(x) for x in stops), default=0)
-        recent = ""  # the last characters streamed, to find a stop string split over chunks
+        events = 0
+        held = _StopHold(request.stop)
         try:
             async for delta in _sse_deltas(response, self._unsplit_event):
                 got_any = got_any or bool(delta.pieces)
-                if stops and delta.pieces:
-                    text = delta.pieces[0]
-                    window = recent + text
-                    hit = min(((window.find(x), x) for x in stops if x in window), default=None)
+                events += bool(delta.pieces)  # at least one token each
+                if delta.pieces:
+                    out, hit = held.feed(delta)
+                    for ready in out:
+                        ready.retries, retries = retries, 0  # told once, on the first delta
+                        yield ready
                     if hit is not None:
-                        keep = hit[0] - len(recent)
-                        if keep > 0:
-                            yield StreamDelta(pieces=[text[:keep]], token_ids=None)
-                        yield StreamDelta(pieces=[], finish_reason="stop", stop_reason=hit[1])
+                        yield StreamDelta(pieces=[], finish_reason="stop", stop_reason=hit, retries=retries)
                         return
-                    recent = window[-longest:]
-                yield delta
                 if delta.finish_reason is not None:
+                    if delta.finish_reason == "stop" and not _proven_stop(
+                        delta.stop_reason, delta.completion_tokens, events, request.stop
+                    ):
+                        raise _retry(
+                            f"{self.model}: the stream said it stopped but named no stop string and counted no "
+                            "end-of-sequence token: taken as a fault, not the end of the text"
+                        )
+                    # The stream ended without completing a stop string: what was held is text.
+                    for ready in held.flush():
+                        ready.retries, retries = retries, 0
+                        yield ready
+                    yield StreamDelta(
+                        pieces=[], finish_reason=delta.finish_reason, stop_reason=delta.stop_reason, retries=retries
+                    )
                     return
             raise BackendError(f"{self.model}: the stream ended before the completion did", retryable=True)
         except BackendError as exc:
@@ -410,6 +456,59 @@ class OpenAICompletionsBackend(Backend):
             await response.aclose()
 
 
+class _StopHold:
+    """Finds stop strings in a stream, as servers do: a piece that could be the start of a stop
+    string is held back until the pieces after it decide (it completes one: the stream ends
+    before it; it cannot: it is text). Pieces are held whole, so each keeps its token id; where
+    a stop string begins inside a piece, that piece's head is yielded without an id."""
+
+    __slots__ = ("held", "stops")
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self.held: list[StreamDelta] = []
+
+    def feed(self, delta: StreamDelta) -> tuple[list[StreamDelta], str | None]:
+        """The deltas that are final now, and the stop string that ended the stream, if one did."""
+        if not self.stops:
+            return [delta], None
+        self.held.append(delta)
+        text = "".join(p for d in self.held for p in d.pieces)
+        hit = min(((text.find(x), x) for x in self.stops if x in text), default=None)
+        if hit is not None:
+            return self._before(hit[0]), hit[1]
+        start = open_stop(text, self.stops)
+        if start is None:
+            return self.flush(), None
+        # Yield the held deltas that lie wholly before where a stop string may begin.
+        out: list[StreamDelta] = []
+        pos = 0
+        while self.held:
+            size = sum(len(p) for p in self.held[0].pieces)
+            if pos + size > start:
+                break
+            out.append(self.held.pop(0))
+            pos += size
+        return out, None
+
+    def _before(self, end: int) -> list[StreamDelta]:
+        out: list[StreamDelta] = []
+        pos = 0
+        for d in self.held:
+            size = sum(len(p) for p in d.pieces)
+            if pos + size <= end:
+                out.append(d)
+            elif pos < end:
+                out.append(StreamDelta(pieces=["".join(d.pieces)[: end - pos]], token_ids=None))
+            pos += size
+        self.held = []
+        return out
+
+    def flush(self) -> list[StreamDelta]:
+        out, self.held = self.held, []
+        return out
+
+
 async def _sse_deltas(
     response: httpx.Response, unsplit: Callable[[int], None] | None = None
 ) -> AsyncGenerator[StreamDelta, None]:
@@ -420,19 +519,29 @@ async def _sse_deltas(
     tokens by its per-token text (``logprobs.tokens``), each with its id. One that cannot be
     split (no per-token text, or text that does not match the ids) goes as one delta without
     ids, and ``unsplit(number of ids)`` is told, so that losing token-exact mode is never silent.
-    The event that carries ``finish_reason`` ends the stream (a usage-only event may follow).
+    The event that carries ``finish_reason`` ends the stream; where it says ``stop``, the usage
+    (in that event, as llama.cpp sends it, or in a usage-only event after it, as vLLM does with
+    ``include_usage``) is read first: it is what proves an end-of-sequence token.
     """
+    finished: StreamDelta | None = None
     async for line in response.aiter_lines():
         if not line.startswith("data:"):
             continue
         payload = line[5:].strip()
         if payload == "[DONE]":
-            return
+            break
         try:
             event = json.loads(payload)
             choices = event.get("choices") or []
+            usage = event.get("usage") or {}
+            counted = usage.get("completion_tokens")
         except (ValueError, AttributeError):
             raise BackendError(f"malformed stream event: {payload[:200]!r}", retryable=True) from None
+        if finished is not None:
+            if isinstance(counted, int):
+                finished.completion_tokens = counted
+                break
+            continue
         for choice in choices[:1]:
             text = choice.get("text") or ""
             ids = choice.get("token_ids")
@@ -453,13 +562,50 @@ async def _sse_deltas(
                 else:
                     yield StreamDelta(pieces=[text], token_ids=ids if ids is not None and len(ids) == 1 else None)
             if choice.get("finish_reason") is not None:
-                reason = choice.get("stop_reason")
-                yield StreamDelta(
+                reason = _stop_reason(choice)
+                finished = StreamDelta(
                     pieces=[],
                     finish_reason=_finish(choice["finish_reason"]),
                     stop_reason=reason if isinstance(reason, str) else None,
+                    completion_tokens=counted if isinstance(counted, int) else None,
                 )
-                return
+                if isinstance(reason, int) and not isinstance(reason, bool):
+                    finished.completion_tokens = None
+                    finished.stop_reason = None
+                    yield StreamDelta(pieces=[], finish_reason=finished.finish_reason, stop_reason=_TOKEN_STOP)
+                    return
+                if finished.finish_reason == "length" or finished.completion_tokens is not None:
+                    yield finished
+                    return
+    if finished is not None:
+        yield finished
+
+
+#: A stream's stop reason when the server stopped at one of the request's stop token ids.
+_TOKEN_STOP = "<stop token>"
+
+
+def _stop_reason(choice: dict[str, Any]) -> object:
+    """What stopped a completion: vLLM's ``stop_reason`` or SGLang's ``matched_stop`` (a stop
+    string, a stop token id, or ``None`` for the end-of-sequence token)."""
+    reason = choice.get("stop_reason")
+    return reason if reason is not None else choice.get("matched_stop")
+
+
+def _proven_stop(reason: object, completion_tokens: object, text_tokens: int, stops: Sequence[str]) -> bool:
+    """Whether the server proved that a completion it says "stop" for really ended: it names one
+    of the request's stop strings or a stop token id, or it counts more tokens than the text
+    holds (the end-of-sequence token, or a stop string's tokens, which have no text).
+    ``text_tokens`` is a lower bound on the tokens of the text (so a real end is never doubted)."""
+    if isinstance(reason, str):
+        return reason in stops or reason == _TOKEN_STOP
+    if isinstance(reason, int) and not isinstance(reason, bool):
+        return True
+    return (
+        isinstance(completion_tokens, int)
+        and not isinstance(completion_tokens, bool)
+        and completion_tokens > text_tokens
+    )
 
 
 def _finish(value: object) -> FinishReason:
@@ -543,21 +689,31 @@ def _echo_scores(logprobs: object, start: int, end: int, *, where: str) -> Token
 def _align(text: str, tokens: list[str] | None, tokenizer: Tokenizer | None) -> list[str]:
     """Pieces that concatenate exactly to ``text``: the server's per-token text as far as it
     agrees with the text, then the rest split by the tokenizer (or into words)."""
+    return _align_counted(text, tokens, tokenizer)[0]
+
+
+def _align_counted(text: str, tokens: list[str] | None, tokenizer: Tokenizer | None) -> tuple[list[str], int]:
+    """:func:`_align`, and a lower bound on the tokens that wrote ``text``: the server's tokens
+    used, or one where none were (the pieces split here may be more than the tokens)."""
     pieces: list[str] = []
     pos = 0
+    used = 0
     for tok in tokens or ():
         if not tok:
             continue
         if text.startswith(tok, pos):
             pieces.append(tok)
             pos += len(tok)
+            used += 1
         elif tok.startswith(text[pos:]) and pos < len(text):
             pieces.append(text[pos:])  # a stop string cut this token short
             pos = len(text)
+            used += 1
             break
         else:
             break
     if pos < len(text):
         rest = text[pos:]
         pieces.extend(tokenizer.pieces(rest) if tokenizer is not None else _WORDS.pieces(rest))
-    return pieces
+        used += 1
+    return pieces, used

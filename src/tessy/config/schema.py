@@ -227,6 +227,14 @@ class OpenAIRole(RoleBase):
     backoff_s: float = Field(
         0.5, ge=0, description="First backoff (doubles, with jitter).", json_schema_extra=NOT_HASHED
     )
+    outage_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="When every replica fails, requests wait (samples are not failed) while a health probe "
+        "(GET /v1/models) asks until one answers; past this many seconds the run ends with an error, "
+        "the records written kept.",
+        json_schema_extra=NOT_HASHED,
+    )
     logprobs: bool = Field(True, description="Ask for per-token text (token boundaries for the predictors).")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra request fields passed as they are.")
 

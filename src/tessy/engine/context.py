@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ..backends.base import Generation, Prompt
 from ..formats import Format
 from ..records import Phase, Source, Span
-from ..text import TextBuffer, TextView, TokenView
+from ..text import TextBuffer, TextView, TokenView, open_stop
 from ..tokenizers import Tokenizer
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "SpanBuilder",
     "extends",
     "first_boundary",
+    "open_tail",
     "tail_of",
     "thinking_part",
     "trim_at",
@@ -212,13 +213,36 @@ def extends(prompt: Prompt, previous: Prompt) -> bool:
 
 def thinking_part(fmt: Format, gen: Generation) -> tuple[Chunk, bool, int]:
     """The part of a chunk that belongs to the thinking, whether thinking ended, and how many
-    pieces came after the end-of-thinking marker (generated for nothing)."""
+    pieces were generated for nothing: those after the end-of-thinking marker, or, where the
+    chunk stopped at its token limit, those at its end that may be the start of the marker
+    (the next request, from the text kept, decides; none of the marker is ever kept)."""
     chunk = Chunk.of(gen)
     hit = fmt.find_think_end(gen.text) if fmt.think_stop else None
     if hit is not None:
         kept, after, whole = trim_at(chunk.pieces, hit[0], hit[1])
         return Chunk(kept, chunk.ids[:whole] if chunk.ids is not None else None), True, after
+    if gen.finish_reason == "length":
+        held = open_tail(chunk.pieces, fmt.think_stop)
+        if held:
+            return chunk.head(len(chunk) - held), False, held
     return chunk, gen.finish_reason == "stop", 0
+
+
+def open_tail(pieces: Sequence[str], stops: Sequence[str]) -> int:
+    """How many pieces at the end of ``pieces`` hold the start of one of ``stops``: text that
+    the next tokens may complete into a stop string (0 when there is none)."""
+    if not stops or not pieces:
+        return 0
+    text = tail_of(pieces, len(pieces), max(len(x) for x in stops))
+    start = open_stop(text, stops)
+    if start is None:
+        return 0
+    need = len(text) - start
+    n = 0
+    while need > 0 and n < len(pieces):
+        n += 1
+        need -= len(pieces[-n])
+    return n
 
 
 def trim_at(pieces: Sequence[str], start: int, end: int) -> tuple[list[str], int, int]:

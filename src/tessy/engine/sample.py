@@ -28,7 +28,7 @@ from contextlib import aclosing
 
 from ..backends.base import Backend, GenerateRequest, Generation, Prompt
 from ..boundary.base import CutQuery
-from ..errors import BackendError, BoundaryError, TessyError
+from ..errors import BackendError, BoundaryError, OutageError, TessyError
 from ..records import Failure, Mode, Phase, Sample, SampleResult, SampleStats, Source
 from ..retry import FailureBudget, call_with_retries
 from ..text import TextBuffer, TextView
@@ -38,6 +38,7 @@ from .context import (
     SpanBuilder,
     extends,
     first_boundary,
+    open_tail,
     tail_of,
     thinking_part,
     trim_at,
@@ -60,6 +61,7 @@ class _Step(enum.Enum):
     CONTINUE = "continue"
     SWITCH = "switch"
     ENDED = "ended"
+    BUDGET = "budget"  # the thinking budget is spent (its last tokens may have been dropped)
 
 
 class SampleRun:
@@ -111,6 +113,8 @@ class SampleRun:
             response = student_format.render_response(thinking, answer)
         except _Failed as exc:
             failure = exc.failure
+        except OutageError:
+            raise  # not this sample's failure: the run ends (see EndpointPool)
         except TessyError as exc:
             failure = Failure(type(exc).__name__, str(exc))
         self.stats.wall_s = time.perf_counter() - started
@@ -145,8 +149,11 @@ class SampleRun:
             if self.streaming:
                 step = await self._stream_step(role, left)
             else:
-                step = await self._chunk_step(role, min(role.chunk_tokens, left))
+                step = await self._chunk_step(role, left)
             if step is _Step.ENDED:
+                return
+            if step is _Step.BUDGET:
+                self.stats.guards.append("thinking_budget")
                 return
             if step is _Step.SWITCH:
                 role, other = other, role
@@ -164,11 +171,26 @@ class SampleRun:
         if not ended:
             self.stats.guards.append("thinking_budget")
 
-    async def _chunk_step(self, role: Role, max_tokens: int) -> _Step:
-        """One chunk of at most ``max_tokens`` tokens."""
-        gen = await self._generate(role, self._context(role).prompt(), max_tokens, role.format.think_stop)
-        chunk, ended, after = thinking_part(role.format, gen)
+    async def _chunk_step(self, role: Role, left: int) -> _Step:
+        """One chunk of at most ``role.chunk_tokens`` tokens (``left``: the thinking budget left)."""
+        fmt = role.format
+        max_tokens = min(role.chunk_tokens, left)
+        gen = await self._generate(role, self._context(role).prompt(), max_tokens, fmt.think_stop)
+        chunk, ended, after = thinking_part(fmt, gen)
         self.stats.discarded_tokens += after
+        if not chunk and after and not ended:
+            # The whole chunk may be the start of the end marker: ask for enough tokens to decide.
+            if max_tokens >= left:
+                return _Step.BUDGET
+            more = min(left, max_tokens + max(len(x) for x in fmt.think_stop))
+            gen = await self._generate(role, self._context(role).prompt(), more, fmt.think_stop)
+            chunk, ended, after = thinking_part(fmt, gen)
+            self.stats.discarded_tokens += after
+            max_tokens = more
+        if after and not ended and max_tokens >= left:
+            # The budget ran out on what may be the start of the end marker: keep the rest, end thinking.
+            self._keep(role, chunk)
+            return _Step.BUDGET
         # A cut needs a next token inside the thinking: before the end marker, none at the last piece.
         last = len(chunk) - (2 if ended else 1)
         cut = await self._find_cut(role, chunk.pieces, last) if last >= 0 else None
@@ -213,6 +235,23 @@ class SampleRun:
         return _Step.SWITCH
 
     async def _stream_step(self, role: Role, max_tokens: int) -> _Step:
+        """One span by streaming (:meth:`_stream_once`). A stream that breaks is tried again from
+        the text kept (nothing of it is kept), as often as its backend retries a request; only
+        then is the failure charged to the sample's budget, and the step redone."""
+        tries = FailureBudget(role.backend.max_retries)
+        while True:
+            try:
+                return await self._stream_once(role, max_tokens)
+            except BackendError as exc:
+                if tries.spend(exc):
+                    self.stats.retried_requests += 1
+                    logger.debug("sample %s: a stream failed (%s), trying again", self.sample.id, exc)
+                    continue
+                self._charge(exc)
+                self.stats.retried_requests += 1
+                return _Step.CONTINUE  # the step is redone
+
+    async def _stream_once(self, role: Role, max_tokens: int) -> _Step:
         """One span by streaming: read tokens until a final cut plus its word end, then stop."""
         fmt = role.format
         predictor = role.predictor
@@ -227,51 +266,55 @@ class SampleRun:
         finish: str | None = None
         after = 0
         self.stats.requests += 1
-        try:
-            async with self.slot(role.backend), aclosing(role.backend.stream(request)) as deltas:
-                async for delta in deltas:
-                    if delta.pieces:
-                        start = len(streamed)
-                        look = streamed.tail(marker_len) if marker_len else ""
+        async with self.slot(role.backend), aclosing(role.backend.stream(request)) as deltas:
+            async for delta in deltas:
+                self.stats.retried_requests += delta.retries
+                if delta.pieces:
+                    start = len(streamed)
+                    look = streamed.tail(marker_len) if marker_len else ""
+                    if ids is not None:
+                        if delta.token_ids is None or len(ids) < len(pieces):
+                            ids = None  # ids missing for some piece: encode the text instead
+                        else:
+                            ids.extend(delta.token_ids[: len(delta.pieces)])
+                    pieces.extend(delta.pieces)
+                    for p in delta.pieces:
+                        streamed.append(p)
+                    hit = fmt.find_think_end(look + "".join(delta.pieces)) if marker_len else None
+                    if hit is not None:
+                        offset = start - len(look)
+                        pieces, after, whole = trim_at(pieces, offset + hit[0], offset + hit[1])
                         if ids is not None:
-                            if delta.token_ids is None or len(ids) < len(pieces):
-                                ids = None  # ids missing for some piece: encode the text instead
-                            else:
-                                ids.extend(delta.token_ids[: len(delta.pieces)])
-                        pieces.extend(delta.pieces)
-                        for p in delta.pieces:
-                            streamed.append(p)
-                        hit = fmt.find_think_end(look + "".join(delta.pieces)) if marker_len else None
-                        if hit is not None:
-                            offset = start - len(look)
-                            pieces, after, whole = trim_at(pieces, offset + hit[0], offset + hit[1])
-                            if ids is not None:
-                                del ids[whole:]
-                            ended = True
-                    finish = delta.finish_reason or finish
-                    if delta.finish_reason == "stop":
+                            del ids[whole:]
                         ended = True
-                    done = ended or delta.finish_reason is not None
-                    if cut is None:
-                        context = self.thinking.view().extended(tail_of(pieces, checked, predictor.context_chars))
-                        # A cut at j is final once piece j + 1 can no longer change type.
-                        final = len(pieces) - 1 if done else checked + predictor.settled(context, pieces[checked:]) - 2
-                        if ended:
-                            final = min(final, len(pieces) - 2)
-                        if final >= checked:
-                            j = await self._find_cut(role, pieces[checked:], final - checked, context)
-                            if j is None:
-                                checked = final + 1
-                            else:
-                                cut = checked + j
-                    if cut is not None and (done or word_end(pieces, cut) is not None):
-                        break
-                    if done:
-                        break
-        except BackendError as exc:
-            self._charge(exc)
-            return _Step.CONTINUE  # the step is redone
+                finish = delta.finish_reason or finish
+                if delta.finish_reason == "stop":
+                    ended = True
+                done = ended or delta.finish_reason is not None
+                if cut is None:
+                    context = self.thinking.view().extended(tail_of(pieces, checked, predictor.context_chars))
+                    # A cut at j is final once piece j + 1 can no longer change type.
+                    final = len(pieces) - 1 if done else checked + predictor.settled(context, pieces[checked:]) - 2
+                    if ended:
+                        final = min(final, len(pieces) - 2)
+                    if final >= checked:
+                        j = await self._find_cut(role, pieces[checked:], final - checked, context)
+                        if j is None:
+                            checked = final + 1
+                        else:
+                            cut = checked + j
+                if cut is not None and (done or word_end(pieces, cut) is not None):
+                    break
+                if done:
+                    break
         self.stats.discarded_tokens += after
+        if finish == "length" and not ended and cut is None:
+            held = open_tail(pieces, fmt.think_stop)
+            if held:
+                # The budget ran out on what may be the start of the end marker: drop it, end thinking.
+                self.stats.discarded_tokens += held
+                self._keep(role, Chunk(pieces, ids).head(len(pieces) - held))
+                return _Step.BUDGET
         return await self._apply_cut(role, Chunk(pieces, ids), cut, ended, finish == "length")
 
     async def _find_cut(
@@ -363,9 +406,15 @@ class SampleRun:
 
         async def attempt() -> Generation:
             self.stats.requests += 1
+            if self.budget.failures > failures[0]:  # the attempt before this one failed
+                failures[0] = self.budget.failures
+                self.stats.retried_requests += 1
             async with self.slot(role.backend):
-                return await role.backend.generate(request)
+                gen = await role.backend.generate(request)
+            self.stats.retried_requests += gen.retries
+            return gen
 
+        failures = [self.budget.failures]
         try:
             return await call_with_retries(attempt, self.budget, what=f"sample {self.sample.id}: a {role.name} request")
         except BackendError as exc:

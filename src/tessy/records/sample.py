@@ -109,6 +109,9 @@ class SampleStats:
     switches: int = 0
     requests: int = 0
     failed_requests: int = 0
+    #: Requests that failed (an error, a broken stream, an unproven end) and were tried again;
+    #: nothing of them is in the record.
+    retried_requests: int = 0
     discarded_tokens: int = 0
     #: Requests whose prompt did not extend the same role's previous prompt (a prefix-cache miss).
     prefix_misses: int = 0
@@ -132,6 +135,7 @@ class SampleStats:
             "switches": self.switches,
             "requests": self.requests,
             "failed_requests": self.failed_requests,
+            "retried_requests": self.retried_requests,
             "discarded_tokens": self.discarded_tokens,
             "prefix_misses": self.prefix_misses,
             "think_tokens": self.think_tokens,

@@ -21,7 +21,7 @@ RECORD_LINE = (
     '"mode": "tessy", "spans": [{"source": "student", "phase": "think", "text": "Okay, so", "tokens": 3}, '
     '{"source": "teacher", "phase": "think", "text": " 17 + 25 = 42.", "tokens": 6}, '
     '{"source": "student", "phase": "answer", "text": "The answer is 42.", "tokens": 5}], '
-    '"stats": {"teacher_tokens": 6, "student_tokens": 8, "switches": 1, "requests": 3, "failed_requests": 1, '
+    '"stats": {"teacher_tokens": 6, "student_tokens": 8, "switches": 1, "requests": 3, "failed_requests": 1, "retried_requests": 0, '
     '"discarded_tokens": 4, "prefix_misses": 1, "think_tokens": 9, "answer_tokens": 5, "teacher_share": 0.4286, '
     '"guards": ["thinking_budget"], "wall_s": 0.123}, "config_hash": "cafe"}'
 )
@@ -29,7 +29,7 @@ FAILURE_LINE = (
     '{"id": "s2", "failure": "request_failures: 4 failed requests: HTTP 503", "messages": '
     '[{"role": "user", "content": "ü?"}], "fields": {"k": 1}, "mode": "tessy", "spans": '
     '[{"source": "student", "phase": "think", "text": "Hmm", "tokens": 1}], "stats": {"teacher_tokens": 0, '
-    '"student_tokens": 1, "switches": 0, "requests": 4, "failed_requests": 4, "discarded_tokens": 0, '
+    '"student_tokens": 1, "switches": 0, "requests": 4, "failed_requests": 4, "retried_requests": 0, "discarded_tokens": 0, '
     '"prefix_misses": 0, "think_tokens": 0, "answer_tokens": 0, "teacher_share": 0.0, "guards": ["x"], '
     '"wall_s": 0.0}, "config_hash": "cafe"}'
 )

@@ -6,8 +6,8 @@ them and exits non-zero on any; the tests run every real-model output through it
 
 The rules:
 
-- ``word_split``: no switch inside a word: at each hand-over in the thinking, the text before
-  ends in whitespace or the text after starts with it (a cut completes the current word);
+- ``word_split``: no switch inside a word: at no hand-over in the thinking does a letter or
+  digit end the text before and another begin the text after (``4`` | ``096``);
 - ``spans``: the stored assistant message holds exactly the spans' thinking and answer (in the
   student's format, where it can be rendered here);
 - ``marker_in_thinking``: the thinking holds no end-of-thinking marker of either role's format,
@@ -79,7 +79,7 @@ def check_record(
     thinking, answer = record.thinking, record.answer
 
     for before, after in pairwise(think):
-        if before.source != after.source and not (before.text[-1:].isspace() or after.text[:1].isspace()):
+        if before.source != after.source and before.text[-1:].isalnum() and after.text[:1].isalnum():
             out.append(Violation("word_split", f"{before.text[-12:]!r} | {after.text[:12]!r}"))
 
     if [s.phase for s in record.spans] != sorted((s.phase for s in record.spans), key=("think", "answer").index):

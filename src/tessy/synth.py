@@ -114,6 +114,7 @@ class RunSummary(RunStats):
             "teacher_share": round(self.teacher_share, 4),
             "switches_per_sample": round(self.switches_per_sample, 3),
             "requests": self.requests,
+            "retried_requests": self.retried_requests,
             "discarded_tokens": self.discarded_tokens,
             "prefix_misses": self.prefix_misses,
             "guards": dict(self.guards),

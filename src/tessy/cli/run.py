@@ -35,7 +35,7 @@ def summary_table(summary: RunSummary, title: str = "tessy run") -> Table:
         "malformed input lines": summary.bad_lines,
         "teacher token share": f"{summary.teacher_share:.1%}",
         "switches per sample": f"{summary.switches_per_sample:.1f}",
-        "requests": summary.requests,
+        "requests (tried again after a fault)": f"{summary.requests} ({summary.retried_requests})",
         "discarded tokens": summary.discarded_tokens,
         "prompts not extending the last (prefix misses)": summary.prefix_misses,
         "guards fired": dict(summary.guards) if summary.guards else "none",

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 
 from ..backends.base import Backend
+from ..errors import OutageError
 from ..records import Failure, Mode, Sample, SampleResult, SampleStats, Source
 from ..workers import map_unordered
 from .policy import Limits, Role
@@ -98,12 +99,15 @@ class Engine:
     async def run_sample(self, sample: Sample) -> SampleResult:
         """Synthesise one response. Failures come back as a result with a reason, not raised;
         so does an exception nobody expected (a server's odd field, a bug): it fails this sample
-        as ``unexpected_error`` with where it was raised, and the other samples go on."""
+        as ``unexpected_error`` with where it was raised, and the other samples go on. Only an
+        :class:`OutageError` (a model down past ``outage_timeout_s``) is raised: it ends the run."""
         try:
             async with self.session(sample.id):
                 return await SampleRun(
                     sample, self.roles, mode=self.mode, limits=self.limits, streaming=self.streaming, slot=self.slot
                 ).run()
+        except OutageError:
+            raise
         except Exception as exc:
             frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             where = f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" if frame else ""

@@ -162,6 +162,7 @@ class SampleStats:
             switches=_int(obj, "switches"),
             requests=_int(obj, "requests"),
             failed_requests=_int(obj, "failed_requests"),
+            retried_requests=_int(obj, "retried_requests"),
             discarded_tokens=_int(obj, "discarded_tokens"),
             prefix_misses=_int(obj, "prefix_misses"),
             think_tokens=_int(obj, "think_tokens"),

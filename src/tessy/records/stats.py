@@ -29,6 +29,8 @@ class RunStats:
     #: What every sample cost, finished or failed.
     requests: int = 0
     failed_requests: int = 0
+    #: Requests tried again after a fault (a 5xx, a broken stream...) and then answered.
+    retried_requests: int = 0
     discarded_tokens: int = 0
     #: Requests whose prompt did not extend the same role's previous prompt (see SampleStats).
     prefix_misses: int = 0
@@ -40,6 +42,7 @@ class RunStats:
         stats = item.stats
         self.requests += stats.requests
         self.failed_requests += stats.failed_requests
+        self.retried_requests += stats.retried_requests
         self.discarded_tokens += stats.discarded_tokens
         self.prefix_misses += stats.prefix_misses
         self.guards.update(stats.guards)

@@ -15,7 +15,8 @@ import tessy
 from fault_server import FaultServer, dead_url
 from tessy import BackendError, ConfigError, get_format
 from tessy.backends import GenerateRequest, Prompt, ScoreRequest
-from tessy.backends.openai import OpenAICompletionsBackend, _align
+from tessy.backends.openai import OpenAICompletionsBackend
+from tessy.backends.wire import align
 
 pytestmark = pytest.mark.contract
 
@@ -166,11 +167,11 @@ def test_api_key_is_sent_and_never_logged(server, monkeypatch, caplog):
 
 
 def test_pieces_always_concatenate_to_the_text():
-    assert _align("The answer", ["The", " answer"], None) == ["The", " answer"]
+    assert align("The answer", ["The", " answer"], None) == ["The", " answer"]
     # A stop string cut the last token short; a mismatch falls back to word pieces.
-    assert _align("The ans", ["The", " answer"], None) == ["The", " ans"]
-    assert _align("héllo world", ["h", "\ufffd", "llo"], None) == ["h", "éllo", " world"]
-    assert _align("a b", None, None) == ["a", " b"]
+    assert align("The ans", ["The", " answer"], None) == ["The", " ans"]
+    assert align("héllo world", ["h", "\ufffd", "llo"], None) == ["h", "éllo", " world"]
+    assert align("a b", None, None) == ["a", " b"]
 
 
 def _write_run(tmp_path: Path, url: str, n: int) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from tessy.backends.base import StreamDelta
-from tessy.backends.openai import _sse_deltas
+from tessy.backends.wire import sse_deltas
 
 
 def deltas(*choices: dict[str, Any]) -> tuple[list[StreamDelta], list[int]]:
@@ -19,7 +19,7 @@ def deltas(*choices: dict[str, Any]) -> tuple[list[StreamDelta], list[int]]:
     unsplit: list[int] = []
 
     async def go() -> list[StreamDelta]:
-        return [d async for d in _sse_deltas(httpx.Response(200, content=body.encode()), unsplit.append)]
+        return [d async for d in sse_deltas(httpx.Response(200, content=body.encode()), unsplit.append)]
 
     return asyncio.run(go()), unsplit
 

@@ -7,28 +7,8 @@ backend is used.
 
 from __future__ import annotations
 
-from .base import (
-    Backend,
-    GenerateRequest,
-    Generation,
-    Prompt,
-    SamplingParams,
-    Scorer,
-    ScoreRequest,
-    StreamDelta,
-    TokenScores,
-)
+from . import base
+from .base import *  # noqa: F403  (the interface's names, listed once, in base.__all__)
 from .scripted import ScriptedBackend
 
-__all__ = [
-    "Backend",
-    "GenerateRequest",
-    "Generation",
-    "Prompt",
-    "SamplingParams",
-    "ScoreRequest",
-    "Scorer",
-    "ScriptedBackend",
-    "StreamDelta",
-    "TokenScores",
-]
+__all__ = [*base.__all__, "ScriptedBackend"]

@@ -4,43 +4,9 @@ with overrides (:mod:`.loading`) and the schema in words (:mod:`.describe`).
 This package only describes a run; :mod:`tessy.build` turns a config into objects.
 """
 
+from . import schema
 from .describe import FieldDoc, describe_config
 from .loading import apply_overrides, load_config, validate_config
-from .schema import (
-    NOT_HASHED,
-    ClassifierPredictorConfig,
-    DataConfig,
-    GuardsConfig,
-    HFRole,
-    LexiconPredictorConfig,
-    LlamaCppRole,
-    OpenAIRole,
-    PredictorConfig,
-    RoleBase,
-    RoleConfig,
-    SamplingConfig,
-    ScriptedRole,
-    SynthConfig,
-)
+from .schema import *  # noqa: F403  (the schema's names, listed once, in schema.__all__)
 
-__all__ = [
-    "NOT_HASHED",
-    "ClassifierPredictorConfig",
-    "DataConfig",
-    "FieldDoc",
-    "GuardsConfig",
-    "HFRole",
-    "LexiconPredictorConfig",
-    "LlamaCppRole",
-    "OpenAIRole",
-    "PredictorConfig",
-    "RoleBase",
-    "RoleConfig",
-    "SamplingConfig",
-    "ScriptedRole",
-    "SynthConfig",
-    "apply_overrides",
-    "describe_config",
-    "load_config",
-    "validate_config",
-]
+__all__ = [*schema.__all__, "FieldDoc", "apply_overrides", "describe_config", "load_config", "validate_config"]

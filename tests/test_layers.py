@@ -145,3 +145,21 @@ def test_there_is_no_import_cycle():
 )
 def test_the_import_walker_sees_each_kind_of_import(source: str, expected: set[str]):
     assert _imports("tessy.probe", source, _modules()) == expected
+
+
+def test_every_error_class_lives_in_errors_py():
+    """One error tree: a TessyError subclass defined anywhere else would be a second one."""
+    import importlib
+    import inspect
+
+    from tessy.errors import TessyError
+
+    elsewhere = []
+    for module in _modules():
+        if module.endswith("__main__"):
+            continue  # importing it would run it
+        loaded = importlib.import_module(module)
+        for name, obj in vars(loaded).items():
+            if inspect.isclass(obj) and issubclass(obj, TessyError) and obj.__module__ == module != "tessy.errors":
+                elsewhere.append(f"{module}.{name}")
+    assert not elsewhere, elsewhere

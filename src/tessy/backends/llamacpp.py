@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from ..errors import TessyError
+from ..errors import ServerStartError
 from ..models import resolve
 from .base import Backend, GenerateRequest, Generation, StreamDelta
 from .openai import OpenAICompletionsBackend
@@ -98,7 +98,7 @@ class LlamaServer:
                 info = {}
             if "url" not in info:
                 reason = info.get("error") or f"it exited with code {await self._exit_code()}"
-                raise TessyError(
+                raise ServerStartError(
                     f"the llama.cpp server for {self.model_path.name} did not start: {reason}. {self._log_tail()}"
                 )
             self.url = str(info["url"])
@@ -136,7 +136,7 @@ class LlamaServer:
                 except httpx.TransportError:
                     pass
                 if not self.running or time.monotonic() > deadline:
-                    raise TessyError(
+                    raise ServerStartError(
                         f"the llama.cpp server for {self.model_path.name} never became healthy. {self._log_tail()}"
                     )
                 await asyncio.sleep(0.1)

@@ -33,7 +33,7 @@ from typing import Any
 from ..backends import GenerateRequest, Prompt
 from ..boundary.lexicon import LexiconPredictor
 from ..engine import Role
-from ..errors import BackendError, ConfigError, TessyError
+from ..errors import BackendError, ConfigError, JudgeOutputError
 from ..jsonl import JsonlWriter, read_jsonl
 from ..workers import map_unordered
 from .labels import Window, cut_windows
@@ -91,14 +91,6 @@ CONTEXT_CHARS = 1200
 
 _FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.DOTALL)
 _TRAILING_PUNCT = re.compile(r"[^\w\s]+")
-
-
-class JudgeOutputError(TessyError):
-    """A judge's output cannot be used; ``reason`` is ``unparsable`` or ``not_verbatim``."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def parse_judge_output(output: str) -> list[str]:

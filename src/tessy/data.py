@@ -175,15 +175,22 @@ class OutputStore:
         _write_text_atomic(path, json.dumps(summary, indent=2, default=str, allow_nan=False) + "\n")
         return path
 
-    def write(self, result: SampleResult, mode: Mode | str) -> None:
-        """Append a finished sample to the output, or a failed one to the failure file."""
-        if result.ok:
-            self._records.write(Record.from_result(result, self.config_hash, mode).to_json())
+    def write_record(self, record: Record | FailureRecord) -> None:
+        """Append a finished sample's record to the output, or a failure to the failure file."""
+        if isinstance(record, Record):
+            self._records.write(record.to_json())
         else:
-            self._failures.write(FailureRecord.from_result(result, self.config_hash, mode).to_json())
+            self._failures.write(record.to_json())
+
+    def write(self, result: SampleResult, mode: Mode | str) -> None:
+        """Append an engine result: to the output if it finished, else to the failure file."""
+        if result.ok:
+            self.write_record(Record.from_result(result, self.config_hash, mode))
+        else:
+            self.write_record(FailureRecord.from_result(result, self.config_hash, mode))
 
     def write_bad_line(self, bad: BadLine) -> None:
-        self._failures.write(FailureRecord.bad_input(bad.key, bad.error, bad.raw, self.config_hash, bad.kind).to_json())
+        self.write_record(FailureRecord.bad_input(bad.key, bad.error, bad.raw, self.config_hash, bad.kind))
 
     def close(self) -> None:
         self._records.close()

@@ -237,16 +237,18 @@ class Synthesis:
         config, summary, store = self.config, self.summary, self._store
         mode, config_hash = config.mode, summary.config_hash
         async for result in engine.run(self._samples(), max_in_flight=config.max_in_flight):
+            # One record per result, written (where there is an output) and then handed out.
+            record = (Record if result.ok else FailureRecord).from_result(result, config_hash, mode)
             if store is not None:
-                store.write(result, mode)
+                store.write_record(record)
             summary.add(result)
             summary.wall_s = time.perf_counter() - self._started
             if self._progress is not None:
                 self._progress(summary)
-            if result.ok:
-                yield Record.from_result(result, config_hash, mode)
+            if isinstance(record, Record):
+                yield record
             elif store is None:
-                self.failures.append(FailureRecord.from_result(result, config_hash, mode))
+                self.failures.append(record)
 
     def _samples(self) -> Iterator[Sample]:
         """The samples to run, lazily: malformed inputs recorded, finished (and, unless retried,

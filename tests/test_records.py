@@ -215,3 +215,23 @@ def test_run_stats_add_results_and_records_alike() -> None:
     assert read == expected
     assert read.n_failed == 2 and read.teacher_share == pytest.approx(6 / 14)
     assert read.teacher_think_share == pytest.approx(6 / 9) and read.switches_per_sample == 1.0
+
+
+def test_a_records_verification_round_trips_and_an_unjudged_answer_is_not_a_failure():
+    from tessy.records import Record, SampleStats, Verification
+
+    rec = Record(
+        id="a",
+        messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}],
+        mode="tessy",
+        spans=[],
+        stats=SampleStats(),
+        config_hash="h",
+        verification=Verification("math", None, None, "no reference answer"),
+    )
+    back = Record.from_json(rec.to_json())
+    assert back.verification == rec.verification
+    assert back.verification is not None and not back.verification.judged
+    assert Record.from_json({**rec.to_json(), "verification": None}).verification is None
+    with pytest.raises(ValueError, match="passed"):
+        Record.from_json({**rec.to_json(), "verification": {"kind": "math", "passed": "yes"}})

@@ -14,7 +14,7 @@ record at all is skipped (and counted) by :func:`read_records` and :func:`read_f
 
 from .sample import Failure, Message, Mode, Phase, Sample, SampleResult, SampleStats, Source, Span
 from .stats import RunStats
-from .stored import RESERVED, FailureRecord, Record, read_failures, read_records
+from .stored import RESERVED, FailureRecord, Record, Verification, read_failures, read_records
 
 __all__ = [
     "RESERVED",
@@ -30,6 +30,7 @@ __all__ = [
     "SampleStats",
     "Source",
     "Span",
+    "Verification",
     "read_failures",
     "read_records",
 ]

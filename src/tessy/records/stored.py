@@ -13,10 +13,48 @@ from typing import Any, TypeVar
 from ..jsonl import iter_jsonl, skip_line
 from .sample import Failure, Message, Mode, SampleResult, SampleStats, Span, WithSpans, _str
 
-__all__ = ["RESERVED", "FailureRecord", "Record", "read_failures", "read_records"]
+__all__ = ["RESERVED", "FailureRecord", "Record", "Verification", "read_failures", "read_records"]
 
 #: Fields a record sets itself; input fields of these names are kept under ``"input"``.
-RESERVED = frozenset({"id", "messages", "spans", "stats", "config_hash", "mode", "input", "failure", "response"})
+RESERVED = frozenset(
+    {"id", "messages", "spans", "stats", "config_hash", "mode", "input", "failure", "response", "verification"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """What a verifier said of a record's answer.
+
+    ``passed`` is ``True`` or ``False`` for an answer that was judged, and ``None`` when it could
+    not be judged (the sandbox did not start, the input has no reference): an infrastructure
+    failure or missing data is never counted as a wrong answer. ``score`` is the verifier's
+    graded score where it has one (e.g. the share of tests passed); ``detail`` says why, briefly.
+    """
+
+    kind: str
+    passed: bool | None
+    score: float | None = None
+    detail: str = ""
+
+    @property
+    def judged(self) -> bool:
+        """Whether the answer was judged at all (``passed`` is not ``None``)."""
+        return self.passed is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "passed": self.passed, "score": self.score, "detail": self.detail}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Verification:
+        if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
+            raise ValueError("'verification' is not an object with a string 'kind'")
+        passed = obj.get("passed")
+        if passed is not None and not isinstance(passed, bool):
+            raise ValueError("'verification.passed' is not true, false or null")
+        score = obj.get("score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+            raise ValueError("'verification.score' is not a number")
+        return cls(obj["kind"], passed, None if score is None else float(score), str(obj.get("detail") or ""))
 
 
 def _id(obj: dict[str, Any]) -> str:
@@ -60,6 +98,7 @@ class Record(WithSpans):
     stats: SampleStats
     config_hash: str
     fields: dict[str, Any] = field(default_factory=dict)
+    verification: Verification | None = None
 
     @classmethod
     def from_result(cls, result: SampleResult, config_hash: str, mode: Mode | str) -> Record:
@@ -91,6 +130,8 @@ class Record(WithSpans):
         out["spans"] = [s.to_json() for s in self.spans]
         out["stats"] = self.stats.to_json()
         out["config_hash"] = self.config_hash
+        if self.verification is not None:
+            out["verification"] = self.verification.to_json()
         return out
 
     @classmethod
@@ -113,6 +154,7 @@ class Record(WithSpans):
             stats=SampleStats.from_json(obj.get("stats")),
             config_hash=_str(obj, "config_hash"),
             fields=fields,
+            verification=None if obj.get("verification") is None else Verification.from_json(obj["verification"]),
         )
 
     @property

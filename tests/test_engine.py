@@ -294,6 +294,61 @@ class TestGuards:
         assert result.stats.requests == 1
 
 
+def cut_after(word: str) -> ScriptedPredictor:
+    """A predictor that cuts after the first piece ``word`` it may cut at, in chunks and streams alike."""
+
+    def find(query: CutQuery) -> int | None:
+        return next((i for i, p in enumerate(query.pieces[: query.last + 1]) if p == word), None)
+
+    return ScriptedPredictor(responder=find)
+
+
+class TestHandOver:
+    """A word never spans two roles, whichever role would split it."""
+
+    def glued_pair(self):
+        student = scripted(
+            toks("Okay|,| so| I"), toks("096| is| big|."), toks("That| is| big|.|</think>"), toks("4096|.")
+        )
+        teacher = scripted(toks(" 2|^|12| is| 4| Now"))
+        return student, teacher
+
+    @pytest.mark.parametrize("streaming", [False, True], ids=["chunked", "streaming"])
+    def test_a_role_that_carries_on_the_givers_word_writes_again_after_the_givers_whitespace(self, streaming):
+        # The teacher's word "4" ends (its next token is " Now"); the student would carry it on
+        # into "4096". That text is dropped, the teacher's space kept, and the student writes again.
+        student, teacher = self.glued_pair()
+        engine = make_engine(
+            student, teacher, student_predictor=cut_after(" so"), teacher_predictor=cut_after(" 4"), streaming=streaming
+        )
+        result = run(engine)
+        assert result.ok, result.failure
+        assert [(s.source, s.text) for s in result.spans if s.phase == "think"] == [
+            ("student", "Okay, so"),
+            ("teacher", " 2^12 is 4 "),
+            ("student", "That is big."),
+        ]
+        assert student.requests[2].prompt.text.endswith("Okay, so 2^12 is 4 ")
+        assert result.stats.glued_handoffs == 1
+        assert result.stats.switches == 2
+        assert result.stats.teacher_tokens == 6  # " 2^12 is 4" and the kept space
+        if not streaming:
+            assert result.stats.discarded_tokens == 1 + 1 + 4  # " I", " Now", and the glued "096 is big."
+
+    def test_a_role_that_starts_a_new_word_is_kept_as_it_wrote(self, worked_example):
+        student, teacher = worked_example
+        result = run(make_engine(student, teacher))
+        assert result.ok and result.stats.glued_handoffs == 0
+
+    def test_text_the_giver_itself_ended_in_whitespace_is_not_glue(self):
+        student = scripted(toks("Okay|,| so |I"), toks("That| is| big|.|</think>"), toks("A|."))
+        teacher = scripted(toks("Sum| 4|. | Now"))  # each span ends in its writer's own whitespace
+        engine = make_engine(student, teacher, student_predictor=cut_after(" so "), teacher_predictor=cut_after(". "))
+        result = run(engine)
+        assert result.ok and result.stats.glued_handoffs == 0
+        assert [s.text for s in result.spans if s.phase == "think"] == ["Okay, so ", "Sum 4. ", "That is big."]
+
+
 class TestStreaming:
     def test_streaming_gives_the_same_data_as_unbounded_chunks(self):
         def pair():
@@ -318,7 +373,8 @@ class TestStreaming:
         student = ScriptedBackend.cycling(["Okay, so"], answers=["ok"])
         teacher = ScriptedBackend.cycling([" we let me check that 2 + 2 = 4.</think>"])
         result = run(make_engine(student, teacher, streaming=True))
-        assert result.spans[1].text == " we"
+        # (the space after "we" is the teacher's: the scripted student glues "Okay" on; see the glue tests)
+        assert result.spans[1].text.rstrip() == " we"
 
     def test_streaming_needs_a_streaming_backend(self):
         class NoStream(ScriptedBackend):

@@ -244,15 +244,17 @@ def test_an_api_key_echoed_in_a_servers_error_is_redacted_from_logs_and_the_fail
     assert key[:12] not in failures
 
 
-def test_an_odd_usage_field_fails_its_sample_with_a_reason_and_the_run_goes_on(tmp_path, server):
-    """``prompt_tokens_details: 7`` (no object): the sample fails with what went wrong, not the run."""
+def test_an_odd_usage_field_is_ignored_and_the_cache_hit_rate_counts_only_what_servers_reported(tmp_path, server):
+    """``prompt_tokens_details: 7`` (no object) says nothing about the prefix cache: the sample is
+    written, and the hit rate counts only the completions that reported ``cached_tokens``."""
     server.queue("odd-usage")
     summary = tessy.synthesize(
         tessy.load_config(_write_run(tmp_path, server.url, 3), ["max_in_flight=1", "mode=teacher-only"])
     )
-    assert summary.written == 2 and summary.failed == {"unexpected_error": 1}
-    (failed,) = [json.loads(line) for line in (tmp_path / "out.failed.jsonl").read_text().splitlines()]
-    assert failed["failure"].startswith("unexpected_error: AttributeError") and "openai.py:" in failed["failure"]
+    assert summary.written == 3 and not summary.failed
+    # Two requests a sample (thinking, answer); each reports 7 prompt tokens, 3 cached, but one.
+    assert summary.reported_prompt_tokens == 5 * 7 and summary.cached_prompt_tokens == 5 * 3
+    assert summary.to_dict()["prefix_cache_hit_rate"] == round(3 / 7, 4)
 
 
 def test_a_server_that_dies_after_the_check_is_an_outage_and_nothing_is_lost(tmp_path, capsys, monkeypatch):

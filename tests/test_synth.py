@@ -995,3 +995,17 @@ async def test_a_stalled_run_still_logs_a_progress_line() -> None:
     await asyncio.sleep(0.2)  # no sample ends
     beat.cancel()
     assert len(lines) >= 2 and "no sample has ended yet" in lines[0]
+
+
+def test_a_progress_line_gives_the_prefix_cache_hit_rate_where_servers_report_it() -> None:
+    from tessy.cli.common import ProgressLog
+    from tessy.synth import RunSummary
+
+    lines: list[str] = []
+    log = ProgressLog("synth", 0.0, lines.append)
+    summary = RunSummary(total=4, written=1)
+    log(summary)
+    assert "prefix cache" not in lines[-1]  # no server said
+    summary.reported_prompt_tokens, summary.cached_prompt_tokens = 200, 168
+    log(summary)
+    assert "prefix cache 84%" in lines[-1]

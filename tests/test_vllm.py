@@ -449,9 +449,8 @@ def test_tessy_synth_with_both_roles_on_vllm(servers, tmp_path, streaming):
     assert len(records) + len(failures) == len(rows), (records, failures)
     assert len(records) >= 3, failures
     checked = check_run(out)
-    # Every invariant of design.md on every record; a word glued across a hand-over by the
-    # receiving model (``4`` | ``096``) is reported by tessy check but not yet prevented.
-    assert set(checked.by_rule) <= {"word_split"}, (checked.by_rule, checked.examples)
+    # Every invariant of design.md on every record, a word glued across a hand-over included.
+    assert checked.ok, (checked.by_rule, checked.examples)
     for r in records:
         stats = r["stats"]
         assert stats["prefix_misses"] == 0, r
@@ -462,3 +461,9 @@ def test_tessy_synth_with_both_roles_on_vllm(servers, tmp_path, streaming):
     total = after["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"]
     print(f"\nsynth ({'streaming' if streaming else 'chunked'}): prefix-cache hit rate {hits / total:.1%}")
     assert not math.isnan(hits / total) and hits / total >= 0.6
+    # tessy's own count (from usage.prompt_tokens_details) is what its progress lines report;
+    # streams stopped at a cut get no usage, so in streaming mode it covers the answers only.
+    summary = json.loads(out.with_name("out.summary.json").read_text())
+    assert summary["prefix_cache_hit_rate"] is not None
+    if not streaming:
+        assert summary["prefix_cache_hit_rate"] >= 0.6, summary

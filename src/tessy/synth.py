@@ -117,6 +117,8 @@ class RunSummary(RunStats):
             "retried_requests": self.retried_requests,
             "discarded_tokens": self.discarded_tokens,
             "prefix_misses": self.prefix_misses,
+            "glued_handoffs": self.glued_handoffs,
+            "prefix_cache_hit_rate": None if self.cache_hit_rate is None else round(self.cache_hit_rate, 4),
             "guards": dict(self.guards),
             "tokens_per_s": round(self.tokens_per_s, 2),
             "samples_per_s": round(self.samples_per_s, 3),

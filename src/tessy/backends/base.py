@@ -122,6 +122,10 @@ class StreamDelta:
     finish_reason: FinishReason | None = None
     stop_reason: str | None = None
     completion_tokens: int | None = None
+    #: On the last delta, where the server sent usage: the prompt's tokens and how many of
+    #: them its prefix cache served (an aborted stream gets no usage).
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
     #: On a stream's first delta: failed attempts the backend tried again before the stream began.
     retries: int = 0
 

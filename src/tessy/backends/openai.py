@@ -54,6 +54,7 @@ from .wire import (
     echo_scores,
     error_message,
     finish_of,
+    prompt_usage,
     proven_stop,
     retry_after_of,
     retryable,
@@ -346,14 +347,14 @@ class OpenAICompletionsBackend(Backend):
                 ids = ids[:-1]  # the end-of-sequence (or stop) token, which has no text
             if not (isinstance(ids, list) and len(ids) == len(pieces)):
                 ids = None
-            details = usage.get("prompt_tokens_details") or {}
+            prompt_tokens, cached_tokens = prompt_usage(usage)
             return Generation(
                 pieces=pieces,
                 finish_reason=finish,
                 token_ids=ids,
                 stop_reason=stop_reason if isinstance(stop_reason, str) else None,
-                prompt_tokens=usage.get("prompt_tokens"),
-                cached_tokens=details.get("cached_tokens"),
+                prompt_tokens=prompt_tokens,
+                cached_tokens=cached_tokens,
                 completion_tokens=usage.get("completion_tokens"),
             )
 
@@ -445,7 +446,12 @@ class OpenAICompletionsBackend(Backend):
                         ready.retries, retries = retries, 0
                         yield ready
                     yield StreamDelta(
-                        pieces=[], finish_reason=delta.finish_reason, stop_reason=delta.stop_reason, retries=retries
+                        pieces=[],
+                        finish_reason=delta.finish_reason,
+                        stop_reason=delta.stop_reason,
+                        prompt_tokens=delta.prompt_tokens,
+                        cached_tokens=delta.cached_tokens,
+                        retries=retries,
                     )
                     return
             raise BackendError(f"{self.model}: the stream ended before the completion did", retryable=True)

@@ -24,6 +24,7 @@ __all__ = [
     "echo_scores",
     "error_message",
     "finish_of",
+    "prompt_usage",
     "proven_stop",
     "retry_after_of",
     "retryable",
@@ -124,6 +125,7 @@ async def sse_deltas(
         if finished is not None:
             if isinstance(counted, int):
                 finished.completion_tokens = counted
+                finished.prompt_tokens, finished.cached_tokens = prompt_usage(usage)
                 break
             continue
         for choice in choices[:1]:
@@ -153,6 +155,7 @@ async def sse_deltas(
                     stop_reason=reason if isinstance(reason, str) else None,
                     completion_tokens=counted if isinstance(counted, int) else None,
                 )
+                finished.prompt_tokens, finished.cached_tokens = prompt_usage(usage)
                 if isinstance(reason, int) and not isinstance(reason, bool):
                     finished.completion_tokens = None
                     finished.stop_reason = None
@@ -163,6 +166,22 @@ async def sse_deltas(
                     return
     if finished is not None:
         yield finished
+
+
+def prompt_usage(usage: Any) -> tuple[int | None, int | None]:
+    """A usage object's prompt tokens and, where the server reports them (vLLM with
+    ``--enable-prompt-tokens-details``, SGLang, llama.cpp), those its prefix cache served;
+    ``None`` for anything missing or not a count."""
+    if not isinstance(usage, dict):
+        return None, None
+    prompt = usage.get("prompt_tokens")
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return _count(prompt), _count(cached)
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 #: A stream's stop reason when the server stopped at one of the request's stop token ids.

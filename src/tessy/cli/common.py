@@ -108,8 +108,8 @@ class ProgressLog:
     file, a batch job): samples done / total, samples/s, tokens/s, ETA, failures by reason.
 
     Called with the summary as samples end; :meth:`heartbeat` also writes a line when none has
-    ended for a whole interval (a stalled run says so instead of going quiet). The prefix-cache
-    hit rate is not in it: the engine does not yet sum the servers' ``cached_tokens``.
+    ended for a whole interval (a stalled run says so instead of going quiet). Where the servers
+    report prefix-cache hits (``cached_tokens``), the share of prompt tokens they served.
     """
 
     def __init__(self, label: str, interval_s: float, write: Callable[[str], None]) -> None:
@@ -141,6 +141,9 @@ class ProgressLog:
         if s.total is not None:
             left = max(s.total - s.processed, 0)
             parts.append(f"ETA {_duration(left / rate)}" if rate > 0 else "ETA unknown")
+        hit_rate = s.cache_hit_rate
+        if hit_rate is not None:
+            parts.append(f"prefix cache {hit_rate:.0%}")
         failures = dict(s.failed)
         if s.bad_lines:
             failures["bad input lines"] = s.bad_lines

@@ -5,7 +5,10 @@
 3. Its boundary predictor finds the first position whose next token is of the other role's
    type; the chunk's first token is always kept.
 4. On a cut: keep through that token, complete the current word, drop the rest, switch role.
-   Without one: keep the whole chunk and the same role goes on.
+   Without one: keep the whole chunk and the same role goes on. The role that gives the turn
+   has shown its word ends (its next token starts with whitespace); should the role taking it
+   carry on that word anyway (``4`` | ``096``), its text is dropped, the whitespace the giver
+   showed is kept, and it writes again (:meth:`SampleRun._glued`): no word spans two roles.
 5. The end of thinking (in the active role's format) ends the thinking phase, whoever writes it.
 6. The answer is written by the student (by the teacher in the ``*-teacher-answer`` modes).
 7. Guards end a sample with a recorded reason: token budget, thinking budget (thinking is
@@ -92,6 +95,9 @@ class SampleRun:
         guard = self.limits.repetition
         self.recent: deque[str] | None = deque(maxlen=guard.window) if guard else None
         self.unchecked = 0  # tokens kept since the repetition guard last looked
+        # The whitespace the role that last gave the turn showed after its last word (its next
+        # token's start), until the role taking the turn has written its first text.
+        self.handoff: tuple[Source, str] | None = None
 
     # -- top level ---------------------------------------------------------------------
 
@@ -187,6 +193,8 @@ class SampleRun:
             chunk, ended, after = thinking_part(fmt, gen)
             self.stats.discarded_tokens += after
             max_tokens = more
+        if self._glued(role, chunk.pieces, len(gen.pieces)):
+            return _Step.CONTINUE
         if after and not ended and max_tokens >= left:
             # The budget ran out on what may be the start of the end marker: keep the rest, end thinking.
             self._keep(role, chunk)
@@ -206,6 +214,7 @@ class SampleRun:
         if end is not None:
             self._keep(role, chunk.head(end + 1))
             self.stats.discarded_tokens += len(chunk) - end - 1
+            self._hand_over(role, chunk.pieces, end + 1)
             return _Step.SWITCH
         # The word goes on past the chunk: it either runs into the end of thinking, or the
         # same role must write a little more to finish it.
@@ -232,7 +241,35 @@ class SampleRun:
             return _Step.ENDED if ended else _Step.SWITCH
         self._keep(role, chunk.head(keep))
         self.stats.discarded_tokens += len(pieces) - keep
+        self._hand_over(role, pieces, keep)
         return _Step.SWITCH
+
+    def _hand_over(self, role: Role, pieces: Sequence[str], nxt: int) -> None:
+        """Note the whitespace that starts ``pieces[nxt]``, the giving role's next token (none
+        when its last kept piece ends in whitespace: the word is closed in the text itself)."""
+        self.handoff = None
+        if 0 < nxt < len(pieces) and not pieces[nxt - 1][-1:].isspace():
+            piece = pieces[nxt]
+            space = piece[: len(piece) - len(piece.lstrip())]
+            if space:
+                self.handoff = (role.name, space)
+
+    def _glued(self, role: Role, pieces: Sequence[str], generated: int) -> bool:
+        """Whether the role taking the turn carried on the giver's last word with ``pieces``
+        (``generated`` tokens). Then they are dropped, the whitespace the giver showed is kept
+        as the giver's, and the caller has the role write again from there."""
+        handoff = self.handoff
+        if handoff is None or handoff[0] == role.name or not pieces:
+            return False
+        self.handoff = None
+        if not (pieces[0][:1].isalnum() and self.thinking.tail(1).isalnum()):
+            return False
+        giver, space = handoff
+        self.stats.discarded_tokens += generated
+        self.stats.glued_handoffs += 1
+        self._keep(self.roles[giver], Chunk([space]))
+        logger.debug("sample %s: the %s carried on the %s's word; writing again", self.sample.id, role.name, giver)
+        return True
 
     async def _stream_step(self, role: Role, max_tokens: int) -> _Step:
         """One span by streaming (:meth:`_stream_once`). A stream that breaks is tried again from
@@ -269,6 +306,7 @@ class SampleRun:
         async with self.slot(role.backend), aclosing(role.backend.stream(request)) as deltas:
             async for delta in deltas:
                 self.stats.retried_requests += delta.retries
+                self._count_prompt(delta.prompt_tokens, delta.cached_tokens)
                 if delta.pieces:
                     start = len(streamed)
                     look = streamed.tail(marker_len) if marker_len else ""
@@ -291,6 +329,8 @@ class SampleRun:
                 if delta.finish_reason == "stop":
                     ended = True
                 done = ended or delta.finish_reason is not None
+                if self.handoff is not None and pieces and self._glued(role, pieces, len(pieces)):
+                    return _Step.CONTINUE  # the stream is closed on leaving the block
                 if cut is None:
                     context = self.thinking.view().extended(tail_of(pieces, checked, predictor.context_chars))
                     # A cut at j is final once piece j + 1 can no longer change type.
@@ -412,6 +452,7 @@ class SampleRun:
             async with self.slot(role.backend):
                 gen = await role.backend.generate(request)
             self.stats.retried_requests += gen.retries
+            self._count_prompt(gen.prompt_tokens, gen.cached_tokens)
             return gen
 
         failures = [self.budget.failures]
@@ -421,6 +462,12 @@ class SampleRun:
             raise self._failed(exc) from None
         finally:
             self.stats.failed_requests = self.budget.failures
+
+    def _count_prompt(self, prompt_tokens: int | None, cached_tokens: int | None) -> None:
+        """Count a request's prefix-cache hits, where its server reported them."""
+        if prompt_tokens and cached_tokens is not None:
+            self.stats.reported_prompt_tokens += prompt_tokens
+            self.stats.cached_prompt_tokens += min(cached_tokens, prompt_tokens)
 
     def _charge(self, exc: BackendError) -> None:
         """Count a failed request against the sample's budget; fail the sample when it is spent."""

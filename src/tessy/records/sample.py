@@ -115,6 +115,13 @@ class SampleStats:
     discarded_tokens: int = 0
     #: Requests whose prompt did not extend the same role's previous prompt (a prefix-cache miss).
     prefix_misses: int = 0
+    #: Hand-overs where the role taking the turn carried on the giver's last word; its text was
+    #: dropped and written again after the whitespace the giver showed.
+    glued_handoffs: int = 0
+    #: Prompt tokens of the requests whose server reported them with ``cached_tokens`` (usage's
+    #: ``prompt_tokens_details``), and of those how many its prefix cache served.
+    reported_prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
     think_tokens: int = 0
     answer_tokens: int = 0
     guards: list[str] = field(default_factory=list)
@@ -129,7 +136,7 @@ class SampleStats:
         return ratio(self.teacher_tokens, self.total_tokens)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "teacher_tokens": self.teacher_tokens,
             "student_tokens": self.student_tokens,
             "switches": self.switches,
@@ -144,6 +151,13 @@ class SampleStats:
             "guards": list(self.guards),
             "wall_s": round(self.wall_s, 3),
         }
+        # Written only when there is something to say: older lines stay as they were.
+        if self.glued_handoffs:
+            out["glued_handoffs"] = self.glued_handoffs
+        if self.reported_prompt_tokens:
+            out["reported_prompt_tokens"] = self.reported_prompt_tokens
+            out["cached_prompt_tokens"] = self.cached_prompt_tokens
+        return out
 
     @classmethod
     def from_json(cls, obj: Any) -> SampleStats:
@@ -165,6 +179,9 @@ class SampleStats:
             retried_requests=_int(obj, "retried_requests"),
             discarded_tokens=_int(obj, "discarded_tokens"),
             prefix_misses=_int(obj, "prefix_misses"),
+            glued_handoffs=_int(obj, "glued_handoffs"),
+            reported_prompt_tokens=_int(obj, "reported_prompt_tokens"),
+            cached_prompt_tokens=_int(obj, "cached_prompt_tokens"),
             think_tokens=_int(obj, "think_tokens"),
             answer_tokens=_int(obj, "answer_tokens"),
             guards=[str(g) for g in guards],

@@ -34,6 +34,11 @@ class RunStats:
     discarded_tokens: int = 0
     #: Requests whose prompt did not extend the same role's previous prompt (see SampleStats).
     prefix_misses: int = 0
+    #: Hand-overs written again because the role taking the turn carried on the giver's word.
+    glued_handoffs: int = 0
+    #: Prompt tokens of requests whose server reported its prefix-cache hits, and those hits.
+    reported_prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
     guards: Counter[str] = field(default_factory=Counter)
 
     def add(self, item: SampleResult | Record | FailureRecord) -> None:
@@ -45,6 +50,9 @@ class RunStats:
         self.retried_requests += stats.retried_requests
         self.discarded_tokens += stats.discarded_tokens
         self.prefix_misses += stats.prefix_misses
+        self.glued_handoffs += stats.glued_handoffs
+        self.reported_prompt_tokens += stats.reported_prompt_tokens
+        self.cached_prompt_tokens += stats.cached_prompt_tokens
         self.guards.update(stats.guards)
         if failure is not None:
             self.failed[failure.kind] += 1
@@ -78,6 +86,14 @@ class RunStats:
     @property
     def switches_per_sample(self) -> float:
         return ratio(self.switches, self.written)
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        """The share of prompt tokens the servers' prefix caches served, over the requests whose
+        server reported it; ``None`` when none did."""
+        if not self.reported_prompt_tokens:
+            return None
+        return ratio(self.cached_prompt_tokens, self.reported_prompt_tokens)
 
     @property
     def discarded_per_kept(self) -> float:

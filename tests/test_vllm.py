@@ -270,7 +270,9 @@ def test_special_tokens_are_stripped_from_the_text_unless_asked_for(servers, tok
 def test_multi_token_stream_events_are_split_back_into_tokens_with_ids(servers, tokenizer):
     got = events(servers.burst, prompt=PROMPT, max_tokens=20, return_token_ids=True, logprobs=1)
     sizes = [len(e["token_ids"] or []) for e in got]
-    assert max(sizes) == BURST_INTERVAL, sizes  # the server does send several tokens per event
+    # The server does send several tokens per event (at least the interval's; more when the
+    # machine is busy and its output loop falls behind).
+    assert max(sizes) >= BURST_INTERVAL, sizes
     expected = [i for e in got for i in e["token_ids"] or []]
     if got[-1]["finish_reason"] == "stop":
         expected = expected[:-1]  # the end-of-sequence token: in the ids and logprobs, not the text
@@ -319,11 +321,15 @@ class Recording(OpenAICompletionsBackend):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.log: list[tuple[list[int], list[int], int | None]] = []
+        #: Whether each request stopped at a stop string: the server ran that string's tokens,
+        #: which tessy does not keep, so their ids are not in the log.
+        self.stopped: list[bool] = []
 
     async def generate(self, request: GenerateRequest) -> Generation:
         gen = await super().generate(request)
         assert request.prompt.token_ids is not None
         self.log.append((list(request.prompt.token_ids), list(gen.token_ids or []), gen.cached_tokens))
+        self.stopped.append(gen.stop_reason is not None)
         return gen
 
 
@@ -391,7 +397,12 @@ def test_hand_offs_hit_the_prefix_cache_block_by_block(servers, tokenizer, which
     assert len(log) >= 8 and all(c is not None for _, _, c in log)  # --enable-prompt-tokens-details
     reported = [c for _, _, c in log]
     expected = _expected_hits(log, block)
-    assert reported == expected
+    # Exact until a request stops at a stop string (``</think>``): the server ran that string's
+    # tokens, which are not in the log, so a later prompt holding the same text may hit more.
+    exact = backend.stopped.index(True) + 1 if True in backend.stopped else len(log)
+    assert reported[:exact] == expected[:exact]
+    assert all(r >= e for r, e in zip(reported, expected, strict=True)), (reported, expected)
+    assert all(r <= (len(p) - 1) // block * block for (p, _, _), r in zip(log, reported, strict=True))
     prompt_tokens = sum(len(p) for p, _, _ in log)
     served = after["vllm:prompt_tokens_cached_total"] - before["vllm:prompt_tokens_cached_total"]
     assert served == sum(reported)  # the server's own counter agrees with usage

@@ -121,7 +121,17 @@ def _report(args: argparse.Namespace) -> int:
         nll_samples=args.nll_samples,
     )
     table = Table(title="tessy report")
-    for col in ("run", "mode", "samples", "failed", "teacher share", "switches/sample", "NLL/token"):
+    for col in (
+        "run",
+        "mode",
+        "samples",
+        "failed",
+        "teacher share",
+        "switches/sample",
+        "NLL/token",
+        "pass rate",
+        "export keeps",
+    ):
         table.add_column(col)
     nll = {n.name: f"{n.nll:.3f}" for n in report.nll or ()}
     for f in report.figures:
@@ -133,10 +143,18 @@ def _report(args: argparse.Namespace) -> int:
             f"{f.stats.teacher_share:.1%}",
             f"{f.switches.mean:.1f}",
             nll.get(f.name, "-"),
+            _pass_rate(f.quality),
+            str(sum(q.export_keeps for q in f.quality)),
         )
     print_table(table)
     print(path)
     return EXIT_OK
+
+
+def _pass_rate(quality: list[Any]) -> str:
+    passed = sum(q.verdicts.passed for q in quality)
+    judged = sum(q.verdicts.judged for q in quality)
+    return f"{passed / judged:.1%} of {judged}" if judged else "-"
 
 
 def _export(args: argparse.Namespace) -> int:

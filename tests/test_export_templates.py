@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from export_fixtures import ANSWER, THINKING, record, write_run
 
+from export_fixtures import ANSWER, THINKING, record, write_run
 from tessy.export import export_run
 from tessy.formats import HarmonyFormat
 
@@ -41,7 +41,6 @@ def tiny() -> Any:
 
 def real_tokenizer(name: str) -> Any:
     from real_models import model_path
-
     from tessy.hf import load_hf_tokenizer
 
     return load_hf_tokenizer(model_path(name))

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from export_fixtures import record, write_run
 
+from export_fixtures import record, write_run
 from tessy.cli import main
 from tessy.export import export_run
 from tessy.report import load_run, write_report

@@ -25,6 +25,7 @@ pytest.importorskip("transformers")
 trl = pytest.importorskip("trl")
 
 PROMPT = "What is 17 + 25?"
+HARMONY_TOKENS = ("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>", "<|call|>")
 STORED = f"<think>\n{THINKING}\n</think>\n\n{ANSWER}"
 
 
@@ -158,6 +159,12 @@ def test_trl_completion_only_loss_covers_exactly_the_response(tmp_path: Path, to
 
 
 def test_trl_assistant_only_loss_on_a_gpt_oss_export(tmp_path: Path, tokenizer: Any) -> None:
+    import copy
+
+    # gpt-oss's tokenizer has harmony's markers as special tokens; one without them would merge
+    # the user turn's closing "|>" with the next "<|" into one token across the turn boundary.
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(HARMONY_TOKENS)})
     rows = exported(tmp_path, "trl", harmony=True)
     masked = sft_masked(tokenizer, rows, template("gptoss_training"), tmp_path, assistant_only_loss=True)
     assert masked == [f"<|start|>assistant{HarmonyFormat().render_response(THINKING, ANSWER)}<|return|>"]

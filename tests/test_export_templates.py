@@ -168,3 +168,15 @@ def test_trl_assistant_only_loss_on_a_gpt_oss_export(tmp_path: Path, tokenizer: 
     rows = exported(tmp_path, "trl", harmony=True)
     masked = sft_masked(tokenizer, rows, template("gptoss_training"), tmp_path, assistant_only_loss=True)
     assert masked == [f"<|start|>assistant{HarmonyFormat().render_response(THINKING, ANSWER)}<|return|>"]
+
+
+def test_a_parquet_export_with_a_reasoning_field_renders_the_same(tmp_path: Path, tiny: Any) -> None:
+    import datasets
+
+    run = write_run(tmp_path / "run.jsonl", [record("s1")])
+    out = export_run(run, "parquet", tmp_path / "train.parquet", reasoning_field="reasoning_content").path
+    ds = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    messages = ds[0]["messages"]
+    assert messages[0]["reasoning_content"] is None and messages[1]["reasoning_content"] == THINKING
+    text = tiny.apply_chat_template(messages, chat_template=template("qwen3"), tokenize=False)
+    assert text == f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n{STORED}<|im_end|>\n"

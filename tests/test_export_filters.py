@@ -44,6 +44,10 @@ def test_the_default_export_leaves_out_guarded_samples_and_says_how_many(mixed: 
     assert result.filter_notes == ["1 left out: a budget or repetition guard fired (the sample was cut short)"]
     everything = export_run(mixed, "trl", tmp_path / "all.jsonl", filters=ExportFilters(include_guarded=True))
     assert everything.rows == 6 and everything.left_out == {}
+    assert everything.filter_notes == []
+    clean = write_run(tmp_path / "clean.jsonl", [record("a")])
+    notes = export_run(clean, "trl", tmp_path / "c.jsonl").filter_notes
+    assert notes == ["0 left out: a budget or repetition guard fired (the sample was cut short)"]
 
 
 def test_only_passed_keeps_judged_passes_and_counts_why_the_rest_went(mixed: Path, tmp_path: Path) -> None:

@@ -52,8 +52,9 @@ def _role(config: dict[str, Any] | None, name: str) -> str:
     role = (config or {}).get(name)
     if not isinstance(role, dict):
         return "unknown (no config beside the run)"
-    model = role.get("model") or role.get("tokenizer") or "?"
-    return f"{model} ({role.get('backend', '?')} backend, {role.get('format', '?')} format)"
+    how = f"{role.get('backend', '?')} backend, {role.get('format', '?')} format"
+    model = role.get("model") or role.get("tokenizer")
+    return f"{model} ({how})" if model else how
 
 
 def _cell(text: str) -> str:
@@ -63,7 +64,7 @@ def _cell(text: str) -> str:
 def dataset_card(facts: CardFacts, kept: RecordFilter) -> str:
     """The card's Markdown, with the YAML header the Hub reads (its data file, tags)."""
     s = facts.exported
-    left_out = kept.summary() or ["nothing"]
+    left_out = [line for line in kept.summary() if not line.startswith("0 ")] or ["nothing"]
     thinking = (
         f"its own `{facts.reasoning_field}` field of the assistant message (`content` holds the answer)"
         if facts.reasoning_field

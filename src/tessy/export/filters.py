@@ -48,6 +48,16 @@ class ExportFilters:
         if share is not None and not 0 <= share <= 1:
             raise ValueError(f"the minimum teacher share is a share, from 0 to 1, not {share}")
 
+    def active(self) -> list[str]:
+        """The filters in force (keys of :data:`FILTERS`)."""
+        on = {
+            "guarded": not self.include_guarded,
+            "not_passed": self.only_passed,
+            "teacher_share": self.min_teacher_share is not None,
+            "duplicate": self.dedupe,
+        }
+        return [name for name in FILTERS if on[name]]
+
     def applied(self) -> list[str]:
         """The filters in force, in words (for the dataset card)."""
         out = []
@@ -110,14 +120,12 @@ class RecordFilter:
         return sum(self.left_out.values())
 
     def summary(self) -> list[str]:
-        """What each filter left out, in words (only filters that left something out)."""
+        """What each filter in force left out, in words (none left out is said too)."""
         lines = []
-        for name in FILTERS:
+        for name in self.filters.active():
             n = self.left_out.get(name, 0)
-            if not n:
-                continue
             line = f"{n} left out: {FILTERS[name]}"
-            if name == "not_passed":
+            if name == "not_passed" and n:
                 line += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(self.not_passed.items())) + ")"
             lines.append(line)
         return lines

@@ -208,3 +208,10 @@ def test_data_preset_in_a_config(tmp_path: Path) -> None:
     assert isinstance(sample, Sample) and sample.fields["answer"] == "72"
     with pytest.raises(Exception, match="preset"):
         load_config(ROOT / "examples" / "offline.yaml", ["data.preset=aime"])
+
+
+def test_a_preset_changes_the_config_hash_only_when_set() -> None:
+    base = load_config(ROOT / "examples" / "offline.yaml")
+    moved = load_config(ROOT / "examples" / "offline.yaml", ["data.input=elsewhere.jsonl"])
+    preset = load_config(ROOT / "examples" / "offline.yaml", ["data.preset=humaneval"])
+    assert base.config_hash() == moved.config_hash() != preset.config_hash()

@@ -315,7 +315,8 @@ class GuardsConfig(_Model):
 
 
 class DataConfig(_Model):
-    """Where prompts come from and where records go; none of it changes the data."""
+    """Where prompts come from and where records go; none of it changes the data but ``preset``
+    and ``fields`` (hashed when set: a preset writes the prompts)."""
 
     input: ConfigPath | None = Field(
         None,
@@ -335,9 +336,12 @@ class DataConfig(_Model):
         None,
         description="Read a benchmark source's rows: the prompt, and the fields verifiers check "
         "(answer; test and entry_point; inputs and outputs) at the top level of each record.",
+        json_schema_extra=HASHED_WHEN_SET,
     )
     fields: dict[str, str] | None = Field(
-        None, description="Input fields renamed after the preset: {record field: source field}, e.g. {answer: label}."
+        None,
+        description="Input fields renamed after the preset: {record field: source field}, e.g. {answer: label}.",
+        json_schema_extra=HASHED_WHEN_SET,
     )
     strict: bool = Field(
         False, description="Stop at the first malformed input line instead of recording it and going on."

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from tessy.jsonl import JsonlWriter
-from tessy.records import Record, SampleStats, Span
+from tessy.records import Record, SampleStats, Span, Verification
 
 WORDS = (
     "the sum of each term gives a bound on n and we check that x is even so the loop ends after "
@@ -44,8 +44,9 @@ def _text(rng: random.Random, n_words: int, style_rate: float) -> str:
     )
 
 
-def make_record(i: int, mode: str, rng: random.Random) -> Record:
-    """One record of ``mode``: 2-12 thinking spans (~2-4 KB) and a short answer."""
+def make_record(i: int, mode: str, rng: random.Random, verified: bool = False) -> Record:
+    """One record of ``mode``: 2-12 thinking spans (~2-4 KB) and a short answer; ``verified``:
+    four samples per prompt (ids ``ID#k``), each with a verdict (a tenth of them not judged)."""
     spans: list[Span] = []
     roles = {"tessy": ("student", "teacher"), "teacher-only": ("teacher",), "student-only": ("student",)}[mode]
     n_spans = rng.randint(2, 12) if mode == "tessy" else 1
@@ -75,14 +76,18 @@ def make_record(i: int, mode: str, rng: random.Random) -> Record:
         {"role": "user", "content": prompt},
         {"role": "assistant", "content": f"<think>\n{thinking}\n</think>\n\n{answer}"},
     ]
-    return Record(f"sample-{i:07d}", messages, mode, spans, stats, "bench")
+    if not verified:
+        return Record(f"sample-{i:07d}", messages, mode, spans, stats, "bench")
+    draw = rng.random()
+    verdict = Verification("math", None if draw < 0.1 else draw < 0.55, None, "bench")
+    return Record(f"sample-{i // 4:07d}#{i % 4}", messages, mode, spans, stats, "bench", verification=verdict)
 
 
-def write_run(path: Path, n: int, mode: str, seed: int) -> int:
+def write_run(path: Path, n: int, mode: str, seed: int, verified: bool = False) -> int:
     rng = random.Random(f"{seed}:{mode}")
     with JsonlWriter(path) as out:
         for i in range(n):
-            out.write(make_record(i, mode, rng).to_json())
+            out.write(make_record(i, mode, rng, verified).to_json())
     return path.stat().st_size
 
 
@@ -118,6 +123,9 @@ def main() -> None:
     parser.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1] / "src", help="tessy's src")
     parser.add_argument("--tmp", type=Path, default=None, help="folder for the synthetic runs (default: a temp one)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--verified", action="store_true", help="four samples per prompt, each verified (pass rates, pass@n)"
+    )
     args = parser.parse_args()
 
     free = shutil.disk_usage(args.tmp or tempfile.gettempdir()).free
@@ -130,7 +138,7 @@ def main() -> None:
         folder = Path(tempfile.mkdtemp(prefix="tessy-report-bench-", dir=args.tmp))
         try:
             paths = [folder / f"{mode}.jsonl" for mode in MODES[: 1 + args.compare]]
-            size = sum(write_run(p, n, p.stem, args.seed) for p in paths)
+            size = sum(write_run(p, n, p.stem, args.seed, args.verified) for p in paths)
             t0 = time.perf_counter()
             result = measure(paths, args.src)
             assert result["written"] == [n] * len(paths), result

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from .errors import ConfigError, DataError
+from .presets import input_mapper
 from .records import Message, Sample
 
 __all__ = [
@@ -75,12 +76,17 @@ class PromptSource:
     JSON, CSV, Parquet), or, with ``hub`` set, a dataset id on the Hugging Face Hub
     (``open-r1/codeforces``), streamed. Every kind is read lazily.
     ``split`` and ``subset`` (the dataset's configuration name) apply to folders and the Hub.
+    ``preset`` reads a benchmark source's rows (see :mod:`tessy.presets`: ``gsm8k``, ``math``,
+    ``humaneval``, ``mbpp``, ``livecodebench``) and ``fields`` renames input fields after it
+    (``(record field, source field)`` pairs).
     """
 
     location: str
     split: str = "train"
     subset: str | None = None
     hub: bool = False
+    preset: str | None = None
+    fields: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, value: PromptSource | Path | str) -> PromptSource:
@@ -339,13 +345,14 @@ def read_prompts(
     come as :class:`BadLine` (or raise :class:`DataError` if strict)."""
     source = PromptSource.of(source)
     source.check()
+    prepare = _mapper(source.preset, dict(source.fields))
     label, unit = str(source), "line" if source.kind == "jsonl" else "row"
     seen = _Seen(unit)
     for number, obj, raw in source.rows():
         try:
             if isinstance(obj, ValueError):
                 raise obj
-            sample = parse_prompt(obj, prompt_field=prompt_field, id_field=id_field)
+            sample = parse_prompt(prepare(obj) if prepare else obj, prompt_field=prompt_field, id_field=id_field)
         except (ValueError, RecursionError) as exc:
             why = str(exc) if isinstance(exc, ValueError) else "nested too deep to read"
             bad = BadLine(label, number, why, raw if raw is not None else _raw(obj), unit)
@@ -359,6 +366,13 @@ def read_prompts(
             raise DataError(f"{bad} (data.strict is on; turn it off to record such lines and go on)") from None
         logger.error("skipping malformed input %s", bad)
         yield bad
+
+
+def _mapper(preset: str | None, fields: Mapping[str, str] | None) -> Any:
+    try:
+        return input_mapper(preset, fields)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class _Seen:
@@ -387,6 +401,8 @@ def iter_samples(
     prompt_field: str | None = None,
     id_field: str = "id",
     strict: bool = False,
+    preset: str | None = None,
+    fields: Mapping[str, str] | None = None,
 ) -> Iterator[Sample | BadLine]:
     """Samples from any :data:`Prompts`, lazily.
 
@@ -395,10 +411,15 @@ def iter_samples(
     In an iterable, a string is a user prompt, a mapping is parsed as an input line is (``prompt``
     or ``messages``, ``id``, other fields kept), and a :class:`Sample` passes as it is; anything
     else is a :class:`BadLine` numbered from 1 (or a :class:`DataError` when ``strict``).
+    ``preset`` and ``fields`` read a benchmark source's rows (see :class:`PromptSource`); a
+    :class:`PromptSource` given brings its own.
     """
+    if isinstance(prompts, (str, Path)) and (preset or fields):
+        prompts = PromptSource(str(prompts), preset=preset, fields=tuple((fields or {}).items()))
     if isinstance(prompts, (str, Path, PromptSource)):
         yield from read_prompts(prompts, prompt_field=prompt_field, id_field=id_field, strict=strict)
         return
+    prepare = _mapper(preset, fields)
     label = f"the given {type(prompts).__name__}"
     seen = _Seen("item")
     for number, item in enumerate(prompts, start=1):
@@ -413,6 +434,8 @@ def iter_samples(
                     item = {prompt_field or "prompt": item}
                 elif isinstance(item, Mapping):
                     item = _jsonable(dict(item))  # a dataset's row may hold dates, arrays...
+                    if prepare is not None:
+                        item = prepare(item)
                 sample = parse_prompt(item, prompt_field=prompt_field, id_field=id_field)
         except (ValueError, RecursionError) as exc:
             why = str(exc) if isinstance(exc, ValueError) else "nested too deep to read"

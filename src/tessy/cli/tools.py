@@ -121,7 +121,17 @@ def _report(args: argparse.Namespace) -> int:
         nll_samples=args.nll_samples,
     )
     table = Table(title="tessy report")
-    for col in ("run", "mode", "samples", "failed", "teacher share", "switches/sample", "NLL/token"):
+    for col in (
+        "run",
+        "mode",
+        "samples",
+        "failed",
+        "teacher share",
+        "switches/sample",
+        "NLL/token",
+        "pass rate",
+        "export keeps",
+    ):
         table.add_column(col)
     nll = {n.name: f"{n.nll:.3f}" for n in report.nll or ()}
     for f in report.figures:
@@ -133,20 +143,55 @@ def _report(args: argparse.Namespace) -> int:
             f"{f.stats.teacher_share:.1%}",
             f"{f.switches.mean:.1f}",
             nll.get(f.name, "-"),
+            _pass_rate(f.quality),
+            str(sum(q.export_keeps for q in f.quality)),
         )
     print_table(table)
     print(path)
     return EXIT_OK
 
 
-def _export(args: argparse.Namespace) -> int:
-    from ..export import export_run
+def _pass_rate(quality: list[Any]) -> str:
+    passed = sum(q.verdicts.passed for q in quality)
+    judged = sum(q.verdicts.judged for q in quality)
+    return f"{passed / judged:.1%} of {judged}" if judged else "-"
 
-    result = export_run(Path(args.run), args.format, Path(args.out), name=args.name, include_id=args.with_id)
+
+def _export(args: argparse.Namespace) -> int:
+    from ..export import ExportFilters, export_run
+
+    try:
+        filters = ExportFilters(
+            include_guarded=args.include_guarded,
+            only_passed=args.only_passed,
+            min_teacher_share=args.min_teacher_share,
+            dedupe=args.dedupe,
+        )
+    except ValueError as exc:
+        raise TessyError(f"--min-teacher-share: {exc}") from None
+    result = export_run(
+        Path(args.run),
+        args.format,
+        Path(args.out),
+        name=args.name,
+        include_id=args.with_id,
+        filters=filters,
+        reasoning_field=args.reasoning_field,
+        input_fields=args.input_fields.split(",") if args.input_fields is not None else None,
+        card=not args.no_card,
+        push_to=args.push_to_hub,
+        private=args.private,
+    )
     skipped = f" ({result.skipped} left out: turns do not alternate)" if result.skipped else ""
     console.print(f"exported {result.rows} records as {result.format}{skipped}")
-    for path in (result.path, *result.extra):
+    for line in result.filter_notes:
+        console.print(f"  {escape(line)}")
+    if result.reasoning_field:
+        console.print(f"  thinking in the assistant message's {result.reasoning_field!r} field")
+    for path in (result.path, *result.extra, *([result.card] if result.card else [])):
         print(path)
+    if result.hub_url:
+        print(result.hub_url)
     return EXIT_OK
 
 
@@ -244,6 +289,26 @@ def register(sub: Any, **common: Any) -> None:
     exp.add_argument("--out", required=True, help="output file (parquet: a .parquet file or a datasets folder)")
     exp.add_argument("--name", help="the dataset's name in LLaMA-Factory's dataset_info.json (sharegpt)")
     exp.add_argument("--with-id", action="store_true", help="keep each sample's id (JSONL formats)")
+    exp.add_argument(
+        "--include-guarded", action="store_true", help="keep samples in which a budget or repetition guard fired"
+    )
+    exp.add_argument("--only-passed", action="store_true", help="keep only samples whose answer passed verification")
+    exp.add_argument(
+        "--min-teacher-share", type=float, metavar="X", help="keep only samples whose teacher token share is >= X (0-1)"
+    )
+    exp.add_argument("--dedupe", action="store_true", help="keep one record of each (prompt, response) pair")
+    exp.add_argument(
+        "--reasoning-field",
+        metavar="NAME",
+        help="the thinking as this field of the assistant message, content = the answer "
+        "(reasoning_content: Qwen3/vLLM; thinking: gpt-oss, the default for gpt-oss students)",
+    )
+    exp.add_argument(
+        "--input-fields", metavar="A,B", help="input fields that get Parquet columns (default: all the run has)"
+    )
+    exp.add_argument("--no-card", action="store_true", help="do not write the dataset card (README.md)")
+    exp.add_argument("--push-to-hub", metavar="REPO", help="upload the export and its card to this Hub dataset repo")
+    exp.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     exp.set_defaults(func=_export)
 
     ben = sub.add_parser("bench", help="benchmark TESSY against a simulated vLLM-like server (or serve it)", **common)

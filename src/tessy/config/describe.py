@@ -101,7 +101,8 @@ def _describe(
         key = f"{prefix}{name}"
         annotation = info.annotation
         extra = info.json_schema_extra
-        hashed = hashed_above and not (isinstance(extra, dict) and extra.get("hashed") is False)
+        when_set = isinstance(extra, dict) and extra.get("hashed") == "when set"
+        hashed = (hashed_above or when_set) and not (isinstance(extra, dict) and extra.get("hashed") is False)
         members = _union_members(annotation)
         if members is not None:
             out += _describe_union(members, key, only_for)

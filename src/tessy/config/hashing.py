@@ -1,7 +1,8 @@
 """The config hash: a digest of every setting that changes the data.
 
 A field whose ``json_schema_extra`` says ``{"hashed": False}`` is left out, and one that says
-``{"hashed": "when set"}`` is left out while it is ``None``; a path is hashed by
+``{"hashed": "when set"}`` is left out while it is ``None`` (even inside a section left out, such
+as ``data``, whose ``preset`` changes the prompts); a path is hashed by
 its file's (or folder's) content, not its location, so a moved predictor checkpoint hashes the
 same and a retrained one not.
 """
@@ -29,9 +30,13 @@ def _hashed(model: BaseModel) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, info in type(model).model_fields.items():
         extra = info.json_schema_extra
-        if isinstance(extra, dict) and extra.get("hashed") is False:
-            continue
         value = getattr(model, name)
+        if isinstance(extra, dict) and extra.get("hashed") is False:
+            # A section left out of the hash may still hold fields that change the data when set.
+            inner = _set_when_set(value) if isinstance(value, BaseModel) else {}
+            if inner:
+                out[name] = inner
+            continue
         if value is None and isinstance(extra, dict) and extra.get("hashed") == "when set":
             continue  # a field added later: unset, it leaves older configs' hashes as they were
         if isinstance(value, BaseModel):
@@ -40,6 +45,17 @@ def _hashed(model: BaseModel) -> dict[str, Any]:
             # A file's content changes the data, its location does not.
             out[name] = _file_digest(value)
         else:
+            out[name] = value.value if isinstance(value, enum.Enum) else value
+    return out
+
+
+def _set_when_set(model: BaseModel) -> dict[str, Any]:
+    """The fields of ``model`` marked ``{"hashed": "when set"}`` that are set."""
+    out: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        extra = info.json_schema_extra
+        value = getattr(model, name)
+        if isinstance(extra, dict) and extra.get("hashed") == "when set" and value is not None:
             out[name] = value.value if isinstance(value, enum.Enum) else value
     return out
 

@@ -315,7 +315,8 @@ class GuardsConfig(_Model):
 
 
 class DataConfig(_Model):
-    """Where prompts come from and where records go; none of it changes the data."""
+    """Where prompts come from and where records go; none of it changes the data but ``preset``
+    and ``fields`` (hashed when set: a preset writes the prompts)."""
 
     input: ConfigPath | None = Field(
         None,
@@ -331,6 +332,17 @@ class DataConfig(_Model):
         None, description="Field holding the prompt (text or chat messages); default: 'messages', else 'prompt'."
     )
     id_field: str = Field("id", description="Field holding the sample id; without it the prompt's hash is the id.")
+    preset: Literal["gsm8k", "math", "humaneval", "mbpp", "livecodebench"] | None = Field(
+        None,
+        description="Read a benchmark source's rows: the prompt, and the fields verifiers check "
+        "(answer; test and entry_point; inputs and outputs) at the top level of each record.",
+        json_schema_extra=HASHED_WHEN_SET,
+    )
+    fields: dict[str, str] | None = Field(
+        None,
+        description="Input fields renamed after the preset: {record field: source field}, e.g. {answer: label}.",
+        json_schema_extra=HASHED_WHEN_SET,
+    )
     strict: bool = Field(
         False, description="Stop at the first malformed input line instead of recording it and going on."
     )
@@ -349,10 +361,11 @@ class DataConfig(_Model):
 
     def source(self) -> PromptSource | None:
         """Where the prompts come from, or None when neither data.input nor data.dataset is set."""
+        fields = tuple((self.fields or {}).items())
         if self.dataset is not None:
-            return PromptSource(self.dataset, self.split, self.subset, hub=True)
+            return PromptSource(self.dataset, self.split, self.subset, hub=True, preset=self.preset, fields=fields)
         if self.input is not None:
-            return PromptSource(str(self.input), self.split, self.subset)
+            return PromptSource(str(self.input), self.split, self.subset, preset=self.preset, fields=fields)
         return None
 
 

@@ -119,6 +119,67 @@ def _stats_section(figures: Sequence[RunFigures], hist_png: str | None) -> str:
     return "".join(parts)
 
 
+def _pct(part: int, whole: int) -> str:
+    return f"{part:,} ({part / whole:.1%})" if whole else "–"
+
+
+def _quality_section(figures: Sequence[RunFigures]) -> str:
+    """Pass rates, pass@n, guards and what an export keeps, per run and mode."""
+    head = [
+        "run",
+        "mode",
+        "records",
+        "judged",
+        "passed (of judged)",
+        "not judged",
+        "not verified",
+        "samples per prompt",
+        "pass@1",
+        "pass@n",
+        "guards fired",
+        "a default export keeps",
+    ]
+    rows = []
+    for f in figures:
+        for q in f.quality:
+            v, at = q.verdicts, q.pass_at()
+            if at is None:
+                per_prompt = p1 = pn = "–"
+            else:
+                per_prompt = f"{at.min_n}" if at.min_n == at.max_n else f"{at.min_n}–{at.max_n}"
+                p1 = f"{at.pass_at_1:.1%} of {at.prompts:,} prompts"
+                pn = f"{at.pass_at_n:.1%} (n = {per_prompt})" if at.max_n > 1 else "– (one sample per prompt)"
+            guards = ", ".join(f"{k}: {n:,}" for k, n in sorted(q.guards.items())) or "none"
+            rows.append(
+                (
+                    f.name,
+                    q.mode,
+                    f"{q.records:,}",
+                    f"{v.judged:,}",
+                    _pct(v.passed, v.judged),
+                    f"{v.unjudged:,}",
+                    f"{v.unverified:,}",
+                    per_prompt,
+                    p1,
+                    pn,
+                    guards,
+                    _pct(q.export_keeps, q.records),
+                )
+            )
+    return "".join(
+        [
+            "<h2>Answers and export</h2>",
+            '<p class="note">Pass rates count judged answers only: an answer that could not be judged '
+            "(no reference, the sandbox did not start) and a record never verified are counted apart, never as "
+            "wrong. Samples of one prompt share a <code>prompt_id</code> field, or an id <code>ID#k</code>. "
+            "pass@1 is the mean over prompts of the share of its judged samples that passed; pass@n the share of "
+            "prompts with at least one passing sample. A default <code>tessy export</code> leaves out records in "
+            "which a guard fired; failed samples are in the failures table, not here.</p>",
+            _table(head, rows),
+        ]
+    )
+
+
 def _style_section(report: Report) -> str:
     parts = ["<h2>Style</h2>"]
     parts.append(
@@ -248,6 +309,7 @@ def render_html(report: Report) -> str:
         f'<p class="note">Made by tessy {escape(__version__)} on {escape(stamp)}.</p>',
         _table(["run", "file", "mode"], runs_rows, raw=True),
         _stats_section(report.figures, report.hist_png),
+        _quality_section(report.figures),
         _style_section(report),
         _nll_section(report),
         _viewer_section(report.runs, report.viewer_ids),

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..data import sidecar_paths
 from ..records import FailureRecord, Record, RunStats, read_failures, read_records
+from .quality import ModeQuality
 from .sampling import SAMPLE_SIZE, Distribution, IdSample, Tally
 from .style import StyleCounter, TextTokenizer, word_tokenizer
 
@@ -40,10 +41,14 @@ class RunDigest:
     #: The response's length in ``split``'s tokens (the histogram of lengths).
     report_tokens: Tally = field(default_factory=Tally)
     style: StyleCounter = field(default_factory=StyleCounter)
+    #: Answers, guards and what an export keeps, by mode.
+    quality: dict[str, ModeQuality] = field(default_factory=dict)
 
     def add(self, record: Record) -> None:
         self.stats.add(record)
         self.modes[record.mode or "?"] += 1
+        mode = record.mode or "?"
+        self.quality.setdefault(mode, ModeQuality(mode)).add(record)
         self.ids.add(record.id)
         response = record.response or ""
         self.switches.add(record.stats.switches)
@@ -170,6 +175,8 @@ class RunFigures:
     requests_per_sample: Distribution
     damaged_lines: int
     sampled: int = 0
+    #: Answers, guards and what an export keeps, one entry per mode.
+    quality: list[ModeQuality] = field(default_factory=list)
 
 
 def run_stats(run: Run) -> RunStats:
@@ -189,4 +196,5 @@ def run_figures(run: Run) -> RunFigures:
         requests_per_sample=d.requests.distribution(),
         damaged_lines=run.damaged_lines,
         sampled=len(run.records),
+        quality=list(d.quality.values()),
     )

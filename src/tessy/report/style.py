@@ -137,8 +137,8 @@ def pca_points(docs: Sequence[list[list[str]]], max_per_run: int = 2000) -> list
     if len(corpus) < 3 or not any(corpus):
         return None
     x = _vectorizer().fit_transform(corpus)
-    if x.shape[1] < 2:
-        return None
+    if x.shape[1] < 2 or (x.max(axis=0) != x.min(axis=0)).nnz == 0:
+        return None  # too few words, or every response the same: no direction to project on
     from sklearn.decomposition import PCA, TruncatedSVD
 
     try:

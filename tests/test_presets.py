@@ -210,6 +210,16 @@ def test_data_preset_in_a_config(tmp_path: Path) -> None:
         load_config(ROOT / "examples" / "offline.yaml", ["data.preset=aime"])
 
 
+def test_a_synthesis_given_rows_in_memory_reads_them_with_the_configs_preset(tmp_path: Path) -> None:
+    import tessy
+
+    config = load_config(ROOT / "examples" / "offline.yaml", ["data.preset=gsm8k"])
+    summary = tessy.synthesize(config, prompts=list(GSM8K[:1]), output=tmp_path / "out.jsonl")
+    assert summary.written == 1
+    (record,) = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert record["answer"] == "72"
+
+
 def test_a_preset_changes_the_config_hash_only_when_set() -> None:
     base = load_config(ROOT / "examples" / "offline.yaml")
     moved = load_config(ROOT / "examples" / "offline.yaml", ["data.input=elsewhere.jsonl"])

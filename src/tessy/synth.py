@@ -257,7 +257,14 @@ class Synthesis:
         failed) ids of an earlier run skipped, at most ``config.limit`` inputs read."""
         assert self.prompts is not None
         config, data, summary, store = self.config, self.config.data, self.summary, self._store
-        items = iter_samples(self.prompts, prompt_field=data.prompt_field, id_field=data.id_field, strict=data.strict)
+        items = iter_samples(
+            self.prompts,
+            prompt_field=data.prompt_field,
+            id_field=data.id_field,
+            strict=data.strict,
+            preset=data.preset,
+            fields=data.fields,
+        )
         for seen, item in enumerate(items):
             if config.limit is not None and seen >= config.limit:
                 return

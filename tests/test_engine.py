@@ -121,6 +121,24 @@ class TestCuts:
         assert result.stats.discarded_tokens == 1 + 2
         assert result.stats.requests == 5
 
+    def test_a_word_longer_than_the_completion_budget_keeps_the_turn(self):
+        # The cut falls in "12345678", which does not end within the 2-token completion: the
+        # teacher keeps the turn rather than hand over in the middle of the number.
+        student = scripted(toks("Okay|,| so| I"), toks("A|."))
+        teacher = scripted(toks(" the| 12"), toks("34|56"), toks("78| is"), toks(" big|."), toks("</think>"))
+        engine = Engine(
+            Role("teacher", teacher, get_format("qwen3"), ScriptedPredictor([1, None, None]), chunk_tokens=2),
+            Role("student", student, get_format("qwen3"), ScriptedPredictor([2]), chunk_tokens=4),
+            limits=Limits(word_completion_tokens=2),
+        )
+        result = run(engine)
+        assert result.ok, result.failure
+        assert [(s.source, s.text) for s in result.spans if s.phase == "think"] == [
+            ("student", "Okay, so"),
+            ("teacher", " the 12345678 is big."),
+        ]
+        assert result.stats.switches == 1
+
     def test_roles_switch_only_on_a_cut(self):
         # A predictor that never cuts: the student writes the whole thinking alone.
         never = ScriptedPredictor(responder=lambda q: None)

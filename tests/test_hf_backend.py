@@ -328,7 +328,7 @@ class TestWithTheEngine:
         result = asyncio.run(go())
         # Random weights never end their answer: the sample fails on its budget, after the thinking.
         assert result.failure is not None and result.failure.startswith("token_budget")
-        assert result.stats.switches > 2
+        assert result.stats.switches >= 2  # random text: a long "word" keeps the turn
         assert result.stats.prefix_misses == 0
         header = len(tok.encode(get_format("chatml").render_think([{"role": "user", "content": "What is 2+2?"}])))
         suffix = len(tok.encode(get_format("chatml").answer_suffix()))

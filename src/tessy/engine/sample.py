@@ -236,9 +236,10 @@ class SampleRun:
         self.stats.discarded_tokens += after
         keep = first_boundary(pieces)
         if keep is None:
-            # No word boundary within the completion budget: keep it all (a very long "word").
+            # No word boundary within the completion budget (a very long "word": a number, a
+            # path): keep it all, and the role keeps the turn, since a word never spans two roles.
             self._keep(role, chunk)
-            return _Step.ENDED if ended else _Step.SWITCH
+            return _Step.ENDED if ended else _Step.CONTINUE
         self._keep(role, chunk.head(keep))
         self.stats.discarded_tokens += len(pieces) - keep
         self._hand_over(role, pieces, keep)

@@ -1,4 +1,4 @@
-"""The commands around a run: ``config``, ``render``, ``models``, ``report``, ``export``, ``bench``."""
+"""The commands around a run: ``config``, ``render``, ``models``, ``report``, ``compare``, ``export``, ``bench``."""
 
 from __future__ import annotations
 
@@ -139,6 +139,53 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _comparison_table(report: Any, title: str) -> Table:
+    from ..report import comparison
+    from ..report.table import comparison_cells
+
+    head, rows = comparison_cells(comparison(report))
+    table = Table(title=title)
+    for col in head:
+        table.add_column(col, justify="left" if col in ("run", "mode") else "right")
+    for row in rows:
+        table.add_row(*(escape(c) for c in row))
+    return table
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ..compare import compare
+    from .common import progress_bar
+
+    with progress_bar("compare") as on_progress:
+
+        def progress(mode: Any) -> Any:
+            console.print(f"[bold]{escape(mode.value)}[/]")
+            return on_progress
+
+        result = compare(
+            Path(args.config),
+            args.modes,
+            output_dir=Path(args.output),
+            prompts=Path(args.input) if args.input else None,
+            limit=args.limit,
+            score_model=args.score_model,
+            tokenizer=args.tokenizer,
+            samples=args.samples,
+            nll_samples=args.nll_samples,
+            top_k=args.top_k,
+            progress=progress,
+        )
+    print_table(_comparison_table(result.report, "tessy compare"))
+    if result.report.nll_note:
+        console.print(escape(result.report.nll_note))
+    print(result.html)
+    print(result.json)
+    if result.too_many_failures:
+        console.print(f"[bold red]error:[/] too many failed samples in: {', '.join(result.too_many_failures)}")
+        return EXIT_ERROR
+    return EXIT_OK
+
+
 def _export(args: argparse.Namespace) -> int:
     from ..export import export_run
 
@@ -235,6 +282,30 @@ def register(sub: Any, **common: Any) -> None:
     rep.add_argument("--samples", type=int, default=20, help="responses shown in the viewer")
     rep.add_argument("--nll-samples", type=int, default=32, help="samples scored per run")
     rep.set_defaults(func=_report)
+
+    from ..records import Mode
+    from ..report.nll import TOP_K
+
+    cmp = sub.add_parser(
+        "compare", help="run several modes on the same prompts into one folder and report them side by side", **common
+    )
+    cmp.add_argument("--config", required=True, help="YAML run config (its mode is replaced by each of --modes)")
+    cmp.add_argument(
+        "--modes", required=True, help=f"comma-separated modes, the first the main one ({', '.join(m.value for m in Mode)})"
+    )
+    cmp.add_argument("--input", help="prompts (JSONL; default: the config's data.input)")
+    cmp.add_argument("--output", required=True, help="the folder: MODE.jsonl each, report.html, report.json")
+    cmp.add_argument("--limit", type=int, help="use only the first N prompts")
+    cmp.add_argument(
+        "--score-model", help="score thinking with this model in-process (the student: catalogued name, GGUF or folder)"
+    )
+    cmp.add_argument("--tokenizer", help="the student's tokenizer for the report (default: --score-model's)")
+    cmp.add_argument("--samples", type=int, default=20, help="responses shown in the viewer")
+    cmp.add_argument("--nll-samples", type=int, default=32, help="samples scored per mode")
+    cmp.add_argument(
+        "--top-k", type=int, default=TOP_K, help="the student's top-k for the share of tokens outside it"
+    )
+    cmp.set_defaults(func=_compare)
 
     from ..export import FORMATS
 

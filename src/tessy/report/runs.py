@@ -40,6 +40,10 @@ class RunDigest:
     #: The response's length in ``split``'s tokens (the histogram of lengths).
     report_tokens: Tally = field(default_factory=Tally)
     style: StyleCounter = field(default_factory=StyleCounter)
+    #: Records with a verification; those judged (``passed`` not ``None``); those that passed.
+    verified: int = 0
+    judged: int = 0
+    passed: int = 0
 
     def add(self, record: Record) -> None:
         self.stats.add(record)
@@ -53,6 +57,11 @@ class RunDigest:
         self.report_tokens.add(len(self.split(response)))
         thinking = record.thinking
         self.style.add(thinking, len(self.split(thinking)))
+        if record.verification is not None:
+            self.verified += 1
+            if record.verification.passed is not None:
+                self.judged += 1
+                self.passed += record.verification.passed
 
     @classmethod
     def of(cls, records: list[Record], failures: dict[str, FailureRecord], split: TextTokenizer) -> RunDigest:

@@ -117,9 +117,7 @@ def compare(
     for mode, mode_config in configs.items():
         path = folder / f"{mode.value}.jsonl"
         logger.info("compare: running %s into %s", mode.value, path)
-        summary = synthesize(
-            mode_config, prompts=prompts, output=path, progress=progress(mode) if progress else None
-        )
+        summary = synthesize(mode_config, prompts=prompts, output=path, progress=progress(mode) if progress else None)
         summaries[mode.value] = summary
         paths.append(path)
         if summary.too_many_failures:

@@ -291,7 +291,9 @@ def register(sub: Any, **common: Any) -> None:
     )
     cmp.add_argument("--config", required=True, help="YAML run config (its mode is replaced by each of --modes)")
     cmp.add_argument(
-        "--modes", required=True, help=f"comma-separated modes, the first the main one ({', '.join(m.value for m in Mode)})"
+        "--modes",
+        required=True,
+        help=f"comma-separated modes, the first the main one ({', '.join(m.value for m in Mode)})",
     )
     cmp.add_argument("--input", help="prompts (JSONL; default: the config's data.input)")
     cmp.add_argument("--output", required=True, help="the folder: MODE.jsonl each, report.html, report.json")
@@ -302,9 +304,7 @@ def register(sub: Any, **common: Any) -> None:
     cmp.add_argument("--tokenizer", help="the student's tokenizer for the report (default: --score-model's)")
     cmp.add_argument("--samples", type=int, default=20, help="responses shown in the viewer")
     cmp.add_argument("--nll-samples", type=int, default=32, help="samples scored per mode")
-    cmp.add_argument(
-        "--top-k", type=int, default=TOP_K, help="the student's top-k for the share of tokens outside it"
-    )
+    cmp.add_argument("--top-k", type=int, default=TOP_K, help="the student's top-k for the share of tokens outside it")
     cmp.set_defaults(func=_compare)
 
     from ..export import FORMATS

@@ -193,7 +193,7 @@ def _nll_section(report: Report) -> str:
     )
     first = report.nll[0]
     parts.append(
-        f'<p class="note">Rank: each token\'s 1-based rank among the student\'s predictions, clipped at '
+        f"<p class=\"note\">Rank: each token's 1-based rank among the student's predictions, clipped at "
         f"{first.rank_clip}; mean over samples of each sample's mean. RSR (Rank-Surprisal Ratio, Yang et al., "
         "arXiv 2601.14249): mean rank over mean NLL of the same samples; lower suits the student better. "
         f"Outside top-{first.top_k}: the share of tokens the student ranks below its top {first.top_k}. "

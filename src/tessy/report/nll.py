@@ -59,7 +59,9 @@ class SampleRanks:
     tokens: int
 
 
-def sample_ranks(ranks: Sequence[int], rank_limit: int | None, *, top_k: int = TOP_K, clip: int = RANK_CLIP) -> SampleRanks:
+def sample_ranks(
+    ranks: Sequence[int], rank_limit: int | None, *, top_k: int = TOP_K, clip: int = RANK_CLIP
+) -> SampleRanks:
     """Sum up one sample's token ranks (1-based; with ``rank_limit``, ``rank_limit + 1`` marks a
     censored rank, see :class:`~tessy.backends.TokenScores`)."""
     if not ranks:

@@ -119,11 +119,13 @@ def _report(args: argparse.Namespace) -> int:
         score_model=args.score_model,
         samples=args.samples,
         nll_samples=args.nll_samples,
+        top_k=args.top_k,
     )
     table = Table(title="tessy report")
-    for col in ("run", "mode", "samples", "failed", "teacher share", "switches/sample", "NLL/token"):
+    for col in ("run", "mode", "samples", "failed", "teacher share", "switches/sample", "NLL/token", "RSR"):
         table.add_column(col)
     nll = {n.name: f"{n.nll:.3f}" for n in report.nll or ()}
+    rsr = {n.name: f"{n.rsr:.3f}" for n in report.nll or () if n.ranked}
     for f in report.figures:
         table.add_row(
             f.name,
@@ -133,6 +135,7 @@ def _report(args: argparse.Namespace) -> int:
             f"{f.stats.teacher_share:.1%}",
             f"{f.switches.mean:.1f}",
             nll.get(f.name, "-"),
+            rsr.get(f.name, "-"),
         )
     print_table(table)
     print(path)
@@ -230,6 +233,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, **common: Any) -> None:
+    from ..records import Mode
+    from ..report.nll import TOP_K
+
     cfg = sub.add_parser("config", help="every setting of a run config, or a config as tessy resolves it", **common)
     steps = cfg.add_subparsers(dest="action", metavar="ACTION", required=True)
     schema = steps.add_parser("schema", help="every field with its type, default and description", **common)
@@ -281,10 +287,8 @@ def register(sub: Any, **common: Any) -> None:
     )
     rep.add_argument("--samples", type=int, default=20, help="responses shown in the viewer")
     rep.add_argument("--nll-samples", type=int, default=32, help="samples scored per run")
+    rep.add_argument("--top-k", type=int, default=TOP_K, help="the student's top-k for the share of tokens outside it")
     rep.set_defaults(func=_report)
-
-    from ..records import Mode
-    from ..report.nll import TOP_K
 
     cmp = sub.add_parser(
         "compare", help="run several modes on the same prompts into one folder and report them side by side", **common

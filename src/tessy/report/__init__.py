@@ -4,8 +4,11 @@ One self-contained HTML file with, per run: who wrote how much (teacher and stud
 shares), switches per sample, response lengths, requests, discarded tokens and failures by
 reason; between runs on the same prompts (matched by sample id): TF-IDF cosine similarity of
 responses in the student's tokenizer, a PCA plot of the TF-IDF vectors with run centroids, and
-style words per thousand tokens; with a student that can score text, its negative
-log-likelihood of each run's thinking; and a viewer colouring teacher and student spans.
+style words per thousand tokens; with a student that can score text, in one scoring pass, its
+negative log-likelihood of each run's thinking, the tokens' ranks, the Rank-Surprisal Ratio and
+the share of tokens outside its top-k (see :mod:`.nll`); every run side by side in one table
+(see :mod:`.table`: shares, similarity to student-only, the student's scores, pass rates, length,
+cost); and a viewer colouring teacher and student spans.
 
 Memory is bounded, whatever a run's size: each run is read in one pass, in which counters,
 distributions and style words take in every record and a sample of at most

@@ -149,51 +149,6 @@ def test_a_score_request_with_top_k_asks_the_server_for_that_many_alternatives()
     assert scores.pieces == ["q", " r"] and scores.ranks is None  # this fake lists no alternatives
 
 
-def _reference_ranks(model: Any, tokenizer: Any, prompt: str, text: str) -> list[int]:
-    """Ranks by sorting every prediction: the position of the token in the descending order
-    (ties count for the token)."""
-    import torch
-
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    c = tokenizer(text, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logits = model(torch.tensor([p + c])).logits[0].float()
-    out = []
-    for i, tok in enumerate(c):
-        row = logits[len(p) + i - 1]
-        order = sorted(range(row.shape[0]), key=lambda j: (-float(row[j]), j != tok))
-        out.append(order.index(tok) + 1)
-    return out
-
-
-def test_in_process_ranks_equal_a_full_sort_of_the_predictions() -> None:
-    pytest.importorskip("transformers")
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from tessy.hf import score_tokens
-    from tiny_models import tiny_tokenizer
-
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    model = AutoModelForCausalLM.from_config(config).eval()
-    prompt, text = "Okay, so I need to add", " 17 and 25. Let me add the units first"
-    scores = score_tokens(tok, model, prompt, text, max_tokens=256, ranks=True)
-    plain = score_tokens(tok, model, prompt, text, max_tokens=256)
-    assert plain.ranks is None and plain.logprobs == scores.logprobs
-    assert scores.ranks == _reference_ranks(model, tok, prompt, text)
-    assert scores.rank_limit is None and len(scores.ranks) == len(scores) > 5
-
-
 @pytest.mark.real
 @pytest.mark.slow
 def test_a_real_student_ranks_its_own_greedy_text_first_and_odd_text_low() -> None:

@@ -146,10 +146,14 @@ def _comparison_table(report: Any, title: str) -> Table:
     from ..report import comparison
     from ..report.table import comparison_cells
 
-    head, rows = comparison_cells(comparison(report))
+    compared = comparison(report)
+    head, rows = comparison_cells(compared)
+    if all(r.name == r.mode for r in compared):  # runs named after their modes, as compare names them
+        keep = [i for i, h in enumerate(head) if h != "mode"]
+        head, rows = [head[i] for i in keep], [[row[i] for i in keep] for row in rows]
     table = Table(title=title)
     for col in head:
-        table.add_column(col, justify="left" if col in ("run", "mode") else "right")
+        table.add_column(col, justify="left" if col in ("run", "mode") else "right", no_wrap=True)
     for row in rows:
         table.add_row(*(escape(c) for c in row))
     return table

@@ -105,15 +105,15 @@ COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], str]], ...] = (
     ("samples", lambda r: f"{r.samples:,}"),
     ("failed", lambda r: f"{r.failed:,}"),
     ("teacher share", lambda r: _fmt(1, True)(r.teacher_share)),
-    ("sim. to student-only", lambda r: _fmt(3)(r.similarity_to_student)),
+    ("sim. to student", lambda r: _fmt(3)(r.similarity_to_student)),
     ("NLL/token", lambda r: _fmt(3)(r.nll)),
     ("mean rank", lambda r: _fmt(2)(r.rank)),
     ("RSR", lambda r: _fmt(3)(r.rsr)),
-    ("outside top-k", lambda r: _fmt(1, True)(r.outside_top_k)),
+    ("out of top-k", lambda r: _fmt(1, True)(r.outside_top_k)),
     ("pass rate", lambda r: f"{_fmt(1, True)(r.pass_rate)} of {r.judged}" if r.judged else "-"),
-    ("tokens/response", lambda r: _fmt(1)(r.response_tokens)),
-    ("requests/kept token", lambda r: _fmt(3)(r.requests_per_kept)),
-    ("generated/kept token", lambda r: _fmt(2)(r.generated_per_kept)),
+    ("tokens/resp.", lambda r: _fmt(1)(r.response_tokens)),
+    ("requests/kept", lambda r: _fmt(3)(r.requests_per_kept)),
+    ("generated/kept", lambda r: _fmt(2)(r.generated_per_kept)),
 )
 
 

@@ -170,7 +170,7 @@ def _comparison_section(report: Report) -> str:
     return "".join(
         [
             "<h2>Side by side</h2>",
-            '<p class="note">Shares, lengths and costs are over every record (cost: requests and generated '
+            '<p class="note">Shares, lengths and costs count all records (cost: requests and generated '
             "tokens, kept and discarded, per token kept in the data; failed samples' requests included). "
             "Similarity is to the student-only run's responses to the same prompts; NLL, rank, "
             "Rank-Surprisal Ratio (lower suits the student better) and the share outside the student's "

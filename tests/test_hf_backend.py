@@ -399,3 +399,21 @@ def test_scoring_gives_each_continuation_token_its_log_probability(
     assert len(scores) == len(continuation) and not scores.truncated
     assert scores.logprobs == pytest.approx(expected, abs=1e-5)
     assert "".join(tok.hf.convert_tokens_to_string([p]) for p in scores.pieces) == continuation
+
+
+def test_scoring_with_top_k_ranks_each_token_exactly(tiny: tuple[Any, HFTokenizer], backend: HFBackend) -> None:
+    """The hf backend ranks in the same pass as it scores: one plus the tokens with a higher
+    logit, checked against a full sort of the model's predictions; nothing is censored."""
+    model, tok = tiny
+    prompt, continuation = "<|im_start|>assistant\n", "Okay, 7 + 5"
+    scores = asyncio.run(backend.score(ScoreRequest(Prompt.of(prompt), continuation, "s", top_k=3)))
+    ids = ids_of(tok, prompt) + ids_of(tok, continuation)
+    start = len(ids_of(tok, prompt))
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids])).logits[0].float()
+    expected = []
+    for i in range(start, len(ids)):
+        order = sorted(range(logits.shape[1]), key=lambda j: (-float(logits[i - 1, j]), j != ids[i]))
+        expected.append(order.index(ids[i]) + 1)
+    assert scores.ranks == expected and scores.rank_limit is None and scores.censored == 0
+    assert any(r > 3 for r in expected)  # ranks past the top-k are exact too

@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("config",),
     ("engine",),
     ("build",),
-    ("data", "synth", "report", "export", "demo", "bench", "predictor", "check"),
+    ("data", "synth", "report", "export", "demo", "bench", "predictor", "check", "compare"),
     ("cli",),
 )
 

@@ -478,3 +478,29 @@ def test_tessy_synth_with_both_roles_on_vllm(servers, tmp_path, streaming):
     assert summary["prefix_cache_hit_rate"] is not None
     if not streaming:
         assert summary["prefix_cache_hit_rate"] >= 0.6, summary
+
+
+def test_scoring_with_top_k_ranks_tokens_as_the_model_run_in_process(servers):
+    """A real vLLM answers echo with ``logprobs: 20`` with the top-20 alternatives of every
+    prompt token: tessy's ranks from them agree with the exact ranks of the same model run in
+    process, and a token past the top 20 is censored, never given a made-up rank."""
+    from tessy.hf import load_hf_model, load_hf_tokenizer, score_tokens
+
+    continuation = "12 + 30 = 42. The zebra answer is 42, quantum marmalade."
+    scores = run(lambda b: b.score(ScoreRequest(Prompt.of(PROMPT), continuation, top_k=20)), client(servers.main))
+    local = score_tokens(
+        load_hf_tokenizer(vllm_server.MODEL),
+        load_hf_model(vllm_server.MODEL),
+        PROMPT,
+        continuation,
+        max_tokens=512,
+        ranks=True,
+    )
+    assert scores.ranks is not None and local.ranks is not None and scores.rank_limit == 20
+    assert len(scores.ranks) == len(local.ranks)
+    pairs = list(zip(scores.ranks, local.ranks, strict=True))
+    # vLLM computes in bfloat16 on this CPU, transformers in float32: near-ties may swap.
+    same = sum(a == min(b, 21) for a, b in pairs)
+    assert same >= 0.8 * len(pairs), pairs
+    assert all(b > 10 for a, b in pairs if a == 21), pairs  # censored only where the model ranks it low
+    assert any(a == 21 for a, _ in pairs) and any(a == 1 for a, _ in pairs)

@@ -254,9 +254,13 @@ def _save_atomically(folder: Path, save: Any) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def score_tokens(tokenizer: Any, model: Any, prompt: str, continuation: str, *, max_tokens: int) -> TokenScores:
+def score_tokens(
+    tokenizer: Any, model: Any, prompt: str, continuation: str, *, max_tokens: int, ranks: bool = False
+) -> TokenScores:
     """Log-probabilities of ``continuation``'s tokens after ``prompt`` (both tokenised apart, so
-    the continuation's tokens are exactly its own), within ``max_tokens`` of context."""
+    the continuation's tokens are exactly its own), within ``max_tokens`` of context; with
+    ``ranks``, each token's exact 1-based rank among the model's predictions too (one plus the
+    number of tokens with a strictly higher logit, so tied tokens share the better rank)."""
     import torch
 
     prompt_ids: list[int] = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -268,7 +272,7 @@ def score_tokens(tokenizer: Any, model: Any, prompt: str, continuation: str, *, 
     if len(prompt_ids) > room:
         prompt_ids, truncated = prompt_ids[-room:], True
     if not cont_ids:
-        return TokenScores([], [], truncated)
+        return TokenScores([], [], truncated, [] if ranks else None)
     ids = prompt_ids + cont_ids
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -279,6 +283,12 @@ def score_tokens(tokenizer: Any, model: Any, prompt: str, continuation: str, *, 
     # no prompt before it has no prediction for its first token, which is then left out.
     positions = range(max(start, 1), len(ids))
     targets = torch.tensor([ids[i] for i in positions], device=device)
-    picked = logprobs[torch.tensor([i - 1 for i in positions], device=device), targets].tolist()
+    rows = torch.tensor([i - 1 for i in positions], device=device)
+    picked = logprobs[rows, targets].tolist()
     pieces = tokenizer.convert_ids_to_tokens([ids[i] for i in positions])
-    return TokenScores(list(pieces), [float(x) for x in picked], truncated or start == 0)
+    ranked: list[int] | None = None
+    if ranks:
+        scores = logits.float()[rows]
+        own = scores.gather(1, targets[:, None])
+        ranked = [int(r) for r in (1 + (scores > own).sum(dim=-1)).tolist()]
+    return TokenScores(list(pieces), [float(x) for x in picked], truncated or start == 0, ranked)

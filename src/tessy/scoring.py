@@ -50,7 +50,14 @@ class TransformersScorer:
 
     def score_sync(self, request: ScoreRequest) -> TokenScores:
         tokenizer, model = self._load()
-        return score_tokens(tokenizer, model, request.prompt.text, request.continuation, max_tokens=self.max_tokens)
+        return score_tokens(
+            tokenizer,
+            model,
+            request.prompt.text,
+            request.continuation,
+            max_tokens=self.max_tokens,
+            ranks=request.top_k > 0,
+        )
 
     async def score(self, request: ScoreRequest) -> TokenScores:
         async with self._lock:  # one forward pass at a time: they already use every core

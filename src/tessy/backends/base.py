@@ -138,6 +138,10 @@ class ScoreRequest:
     prompt: Prompt
     continuation: str
     sample_id: str = ""
+    #: Also rank each token among the model's predictions (:attr:`TokenScores.ranks`): a server
+    #: is asked for this many alternatives per position; an in-process model ranks exactly.
+    #: 0: no ranks.
+    top_k: int = 0
 
 
 @dataclass(slots=True)
@@ -146,11 +150,19 @@ class TokenScores:
 
     ``truncated`` says that the prompt or the continuation was cut to fit the model's context,
     so the scores cover only part of the continuation.
+
+    ``ranks`` (where asked for, see :attr:`ScoreRequest.top_k`) holds each token's 1-based rank
+    among the model's predictions at its position (1: the most likely token). Where the scorer
+    sees only the top ``rank_limit`` predictions (a server's top-K alternatives), a token beyond
+    them is *censored*: its rank is stored as ``rank_limit + 1`` and means "more than
+    ``rank_limit``". ``rank_limit`` is ``None`` when every rank is exact.
     """
 
     pieces: list[str]
     logprobs: list[float]
     truncated: bool = False
+    ranks: list[int] | None = None
+    rank_limit: int | None = None
 
     def __len__(self) -> int:
         return len(self.logprobs)
@@ -159,6 +171,13 @@ class TokenScores:
     def nll(self) -> float:
         """Mean negative log-likelihood per token (nats); ``nan`` for an empty continuation."""
         return -sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("nan")
+
+    @property
+    def censored(self) -> int:
+        """How many tokens are ranked only as "beyond ``rank_limit``"."""
+        if self.ranks is None or self.rank_limit is None:
+            return 0
+        return sum(1 for r in self.ranks if r > self.rank_limit)
 
 
 @runtime_checkable

@@ -188,7 +188,12 @@ class HFBackend(Backend):
         def run() -> TokenScores:
             with self.device_lock:
                 return score_tokens(
-                    self.tokenizer.hf, self.model, request.prompt.text, request.continuation, max_tokens=limit
+                    self.tokenizer.hf,
+                    self.model,
+                    request.prompt.text,
+                    request.continuation,
+                    max_tokens=limit,
+                    ranks=request.top_k > 0,
                 )
 
         return await asyncio.to_thread(run)

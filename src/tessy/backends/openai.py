@@ -24,6 +24,9 @@ and ``max_tokens: 1``; the echoed prompt's ``logprobs`` (``tokens``, ``token_log
 ``text_offset``) give the scores of the tokens past the prompt. vLLM answers it; SGLang fills
 the same fields when ``echo`` and ``logprobs`` come together; llama.cpp's server ignores ``echo``
 (its ``logprobs`` cover generated tokens only), so ``server: llamacpp`` does not offer scoring.
+A score request that asks for ranks (``top_k``) sends ``logprobs: top_k``: each echoed token's
+``top_logprobs`` then rank it exactly within the top ``top_k``, and beyond them censored (a
+server caps the number: vLLM's ``--max-logprobs``, 20 by default).
 
 Requests of one sample stick to one replica (prefix caches hit); failures are retried with
 exponential backoff and full jitter (connection errors, timeouts, 5xx, 429, empty completions)
@@ -383,7 +386,7 @@ class OpenAICompletionsBackend(Backend):
             "max_tokens": 1,
             "temperature": 0.0,
             "echo": True,
-            "logprobs": 1,
+            "logprobs": max(1, request.top_k),
         }
         if self.server == "vllm":
             body["add_special_tokens"] = False
@@ -396,7 +399,7 @@ class OpenAICompletionsBackend(Backend):
                 choice = json.loads(raw)["choices"][0]
             except (ValueError, KeyError, IndexError, TypeError):
                 raise retryable(f"malformed response from {ep.url}: {raw[:200]!r}") from None
-            return echo_scores(choice.get("logprobs"), len(prompt), len(full), where=ep.url)
+            return echo_scores(choice.get("logprobs"), len(prompt), len(full), where=ep.url, top_k=request.top_k)
 
         return (await self._with_retries(f"{request.sample_id}|score", once))[0]
 

@@ -6,8 +6,9 @@ scripted continuation (finish ``"stop"``, as an end-of-sequence token would). It
 the whole prompt, so it costs O(new tokens) a request and suits benchmarks as well as tests.
 
 It also scores text (:meth:`ScriptedBackend.score`) as a model that knows only its own script
-would: tokens it could have written are likely, others are not. That is enough to check that
-a report ranks text written by this fake as more its own than text written by another.
+would: tokens it could have written are likely (and, asked for ranks, ranked first), others are
+not (ranked beyond the top-k it lists). That is enough to check that a report ranks text written
+by this fake as more its own than text written by another.
 
 With ``token_ids=True`` it also plays a token-in/token-out server: it takes prompts as ids and
 returns the ids of its pieces in its :class:`FakeTokenizer`'s vocabulary.
@@ -201,7 +202,13 @@ class ScriptedBackend(Backend):
     async def score(self, request: ScoreRequest) -> TokenScores:
         pieces = self.tokenizer.pieces(request.continuation)
         known = self.known_pieces
-        return TokenScores(pieces, [KNOWN_LOGPROB if p in known else UNKNOWN_LOGPROB for p in pieces])
+        scores = TokenScores(pieces, [KNOWN_LOGPROB if p in known else UNKNOWN_LOGPROB for p in pieces])
+        if request.top_k > 0:
+            # As a server that lists the top-k alternatives: its own tokens come first, any other
+            # is beyond the list (censored).
+            scores.ranks = [1 if p in known else request.top_k + 1 for p in pieces]
+            scores.rank_limit = request.top_k
+        return scores
 
     async def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamDelta, None]:
         self.in_flight += 1

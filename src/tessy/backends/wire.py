@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,8 @@ __all__ = [
     "stop_reason_of",
     "token_strings",
 ]
+
+logger = logging.getLogger(__name__)
 
 _WORDS = FakeTokenizer()  # splits text into word-level pieces when a server gives no per-token text
 
@@ -253,10 +256,15 @@ def token_strings(logprobs: object) -> list[str] | None:
     return None
 
 
-def echo_scores(logprobs: object, start: int, end: int, *, where: str) -> TokenScores:
+def echo_scores(logprobs: object, start: int, end: int, *, where: str, top_k: int = 0) -> TokenScores:
     """The scores of the echoed tokens that lie in ``[start, end)`` of the echoed text, from a
     legacy completions ``logprobs`` object (``tokens``, ``token_logprobs``, ``text_offset``;
-    offsets are summed from the token texts where a server leaves them out)."""
+    offsets are summed from the token texts where a server leaves them out).
+
+    With ``top_k``, each token is ranked from its position's ``top_logprobs`` (the top ``top_k``
+    alternatives, the token itself perhaps added): one plus the alternatives scored strictly
+    higher, or ``top_k + 1`` (censored: beyond the top ``top_k``) when ``top_k`` of them are.
+    A server that sends no ``top_logprobs`` for a scored token gives no ranks at all."""
     fields = logprobs if isinstance(logprobs, dict) else {}
     tokens, values = fields.get("tokens"), fields.get("token_logprobs")
     if not (isinstance(tokens, list) and isinstance(values, list) and len(tokens) == len(values)):
@@ -279,14 +287,25 @@ def echo_scores(logprobs: object, start: int, end: int, *, where: str) -> TokenS
             "logprobs?); score with an in-process model instead (tessy report --score-model MODEL)",
             retryable=False,
         )
+    tops = fields.get("top_logprobs") if top_k > 0 else None
+    ranks: list[int] | None = [] if isinstance(tops, list) and len(tops) == len(tokens) else None
     pieces: list[str] = []
     scores: list[float] = []
-    for tok, value, offset in zip(tokens, values, offsets, strict=True):
+    for i, (tok, value, offset) in enumerate(zip(tokens, values, offsets, strict=True)):
         if offset < start or offset >= end or not isinstance(value, (int, float)):
             continue  # the prompt, the seam, the generated token, or no prediction (the first)
         pieces.append(str(tok))
         scores.append(float(value))
-    return TokenScores(pieces, scores, truncated=False)
+        if ranks is not None:
+            top = tops[i] if tops is not None else None
+            if not isinstance(top, dict):
+                ranks = None
+                continue
+            higher = sum(1 for v in top.values() if isinstance(v, (int, float)) and v > value)
+            ranks.append(min(higher, top_k) + 1)
+    if top_k > 0 and ranks is None:
+        logger.warning("%s returned no top_logprobs of the prompt's tokens: no ranks", where)
+    return TokenScores(pieces, scores, truncated=False, ranks=ranks, rank_limit=top_k if ranks is not None else None)
 
 
 def align(text: str, tokens: list[str] | None, tokenizer: Tokenizer | None) -> list[str]:

@@ -1,4 +1,4 @@
-"""The commands around a run: ``config``, ``render``, ``models``, ``report``, ``export``, ``bench``."""
+"""The commands around a run: ``config``, ``render``, ``models``, ``report``, ``compare``, ``export``, ``bench``."""
 
 from __future__ import annotations
 
@@ -119,6 +119,7 @@ def _report(args: argparse.Namespace) -> int:
         score_model=args.score_model,
         samples=args.samples,
         nll_samples=args.nll_samples,
+        top_k=args.top_k,
     )
     table = Table(title="tessy report")
     for col in (
@@ -129,11 +130,13 @@ def _report(args: argparse.Namespace) -> int:
         "teacher share",
         "switches/sample",
         "NLL/token",
+        "RSR",
         "pass rate",
         "export keeps",
     ):
         table.add_column(col)
     nll = {n.name: f"{n.nll:.3f}" for n in report.nll or ()}
+    rsr = {n.name: f"{n.rsr:.3f}" for n in report.nll or () if n.ranked}
     for f in report.figures:
         table.add_row(
             f.name,
@@ -143,6 +146,7 @@ def _report(args: argparse.Namespace) -> int:
             f"{f.stats.teacher_share:.1%}",
             f"{f.switches.mean:.1f}",
             nll.get(f.name, "-"),
+            rsr.get(f.name, "-"),
             _pass_rate(f.quality),
             str(sum(q.export_keeps for q in f.quality)),
         )
@@ -155,6 +159,57 @@ def _pass_rate(quality: list[Any]) -> str:
     passed = sum(q.verdicts.passed for q in quality)
     judged = sum(q.verdicts.judged for q in quality)
     return f"{passed / judged:.1%} of {judged}" if judged else "-"
+
+
+def _comparison_table(report: Any, title: str) -> Table:
+    from ..report import comparison
+    from ..report.table import comparison_cells
+
+    compared = comparison(report)
+    head, rows = comparison_cells(compared)
+    if all(r.name == r.mode for r in compared):  # runs named after their modes, as compare names them
+        keep = [i for i, h in enumerate(head) if h != "mode"]
+        head, rows = [head[i] for i in keep], [[row[i] for i in keep] for row in rows]
+    table = Table(title=title)
+    for col in head:
+        table.add_column(col, justify="left" if col in ("run", "mode") else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(escape(c) for c in row))
+    return table
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ..compare import compare
+    from .common import progress_bar
+
+    with progress_bar("compare") as on_progress:
+
+        def progress(mode: Any) -> Any:
+            console.print(f"[bold]{escape(mode.value)}[/]")
+            return on_progress
+
+        result = compare(
+            Path(args.config),
+            args.modes,
+            output_dir=Path(args.output),
+            prompts=Path(args.input) if args.input else None,
+            limit=args.limit,
+            score_model=args.score_model,
+            tokenizer=args.tokenizer,
+            samples=args.samples,
+            nll_samples=args.nll_samples,
+            top_k=args.top_k,
+            progress=progress,
+        )
+    print_table(_comparison_table(result.report, "tessy compare"))
+    if result.report.nll_note:
+        console.print(escape(result.report.nll_note))
+    print(result.html)
+    print(result.json)
+    if result.too_many_failures:
+        console.print(f"[bold red]error:[/] too many failed samples in: {', '.join(result.too_many_failures)}")
+        return EXIT_ERROR
+    return EXIT_OK
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -228,6 +283,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, **common: Any) -> None:
+    from ..records import Mode
+    from ..report.nll import TOP_K
+
     cfg = sub.add_parser("config", help="every setting of a run config, or a config as tessy resolves it", **common)
     steps = cfg.add_subparsers(dest="action", metavar="ACTION", required=True)
     schema = steps.add_parser("schema", help="every field with its type, default and description", **common)
@@ -279,7 +337,29 @@ def register(sub: Any, **common: Any) -> None:
     )
     rep.add_argument("--samples", type=int, default=20, help="responses shown in the viewer")
     rep.add_argument("--nll-samples", type=int, default=32, help="samples scored per run")
+    rep.add_argument("--top-k", type=int, default=TOP_K, help="the student's top-k for the share of tokens outside it")
     rep.set_defaults(func=_report)
+
+    cmp = sub.add_parser(
+        "compare", help="run several modes on the same prompts into one folder and report them side by side", **common
+    )
+    cmp.add_argument("--config", required=True, help="YAML run config (its mode is replaced by each of --modes)")
+    cmp.add_argument(
+        "--modes",
+        required=True,
+        help=f"comma-separated modes, the first the main one ({', '.join(m.value for m in Mode)})",
+    )
+    cmp.add_argument("--input", help="prompts (JSONL; default: the config's data.input)")
+    cmp.add_argument("--output", required=True, help="the folder: MODE.jsonl each, report.html, report.json")
+    cmp.add_argument("--limit", type=int, help="use only the first N prompts")
+    cmp.add_argument(
+        "--score-model", help="score thinking with this model in-process (the student: catalogued name, GGUF or folder)"
+    )
+    cmp.add_argument("--tokenizer", help="the student's tokenizer for the report (default: --score-model's)")
+    cmp.add_argument("--samples", type=int, default=20, help="responses shown in the viewer")
+    cmp.add_argument("--nll-samples", type=int, default=32, help="samples scored per mode")
+    cmp.add_argument("--top-k", type=int, default=TOP_K, help="the student's top-k for the share of tokens outside it")
+    cmp.set_defaults(func=_compare)
 
     from ..export import FORMATS
 

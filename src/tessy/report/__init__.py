@@ -4,8 +4,11 @@ One self-contained HTML file with, per run: who wrote how much (teacher and stud
 shares), switches per sample, response lengths, requests, discarded tokens and failures by
 reason; between runs on the same prompts (matched by sample id): TF-IDF cosine similarity of
 responses in the student's tokenizer, a PCA plot of the TF-IDF vectors with run centroids, and
-style words per thousand tokens; with a student that can score text, its negative
-log-likelihood of each run's thinking; and a viewer colouring teacher and student spans.
+style words per thousand tokens; with a student that can score text, in one scoring pass, its
+negative log-likelihood of each run's thinking, the tokens' ranks, the Rank-Surprisal Ratio and
+the share of tokens outside its top-k (see :mod:`.nll`); every run side by side in one table
+(see :mod:`.table`: shares, similarity to student-only, the student's scores, pass rates, length,
+cost); and a viewer colouring teacher and student spans.
 
 Memory is bounded, whatever a run's size: each run is read in one pass, in which counters,
 distributions and style words take in every record and a sample of at most
@@ -24,11 +27,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..backends.base import Scorer
+from ..config import SynthConfig
 from ..errors import BackendError, ConfigError, TessyError
 from ..formats import Format, get_format
 from ..records import Record
 from .model import Report
-from .nll import RunNLL, run_nll
+from .nll import RANK_CLIP, TOP_K, RunNLL, run_nll
 from .runs import Run, RunFigures, load_run, run_figures
 from .sampling import SAMPLE_SIZE
 from .style import (
@@ -39,8 +43,20 @@ from .style import (
     tfidf_similarity,
     word_tokenizer,
 )
+from .table import ComparisonRow, comparison, comparison_json
 
-__all__ = ["Report", "Run", "RunFigures", "RunNLL", "build_report", "load_run", "write_report"]
+__all__ = [
+    "ComparisonRow",
+    "Report",
+    "Run",
+    "RunFigures",
+    "RunNLL",
+    "build_report",
+    "comparison",
+    "comparison_json",
+    "load_run",
+    "write_report",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +118,8 @@ def build_report(
     samples: int = 20,
     nll_samples: int = 32,
     close_scorer: bool = False,
+    top_k: int = TOP_K,
+    rank_clip: int = RANK_CLIP,
 ) -> Report:
     """Compute every measure for ``runs`` (the first is the main one) and render the HTML.
 
@@ -148,7 +166,7 @@ def build_report(
 
         async def score(s: Scorer) -> list[RunNLL]:
             try:
-                return await run_nll(runs, s, fmt, max_samples=nll_samples)
+                return await run_nll(runs, s, fmt, max_samples=nll_samples, top_k=top_k, rank_clip=rank_clip)
             finally:
                 if close_scorer:
                     await s.aclose()
@@ -170,18 +188,20 @@ def write_report(
     compare: Sequence[Path] = (),
     *,
     html: Path | None = None,
-    student_config: Path | None = None,
+    student_config: Path | SynthConfig | None = None,
     tokenizer: str | None = None,
     score_model: str | None = None,
     samples: int = 20,
     nll_samples: int = 32,
+    top_k: int = TOP_K,
 ) -> tuple[Path, Report]:
     """Read the runs, build the report and write it (by default beside ``run`` as ``RUN.report.html``).
 
     ``student_config`` is a tessy run config: its student role gives the format, the tokenizer
     (a ``tokenizer`` field, where the role has one) and, if its backend can score text, the
     scorer. ``tokenizer`` (a catalogued model, a GGUF file or a model folder) and
-    ``score_model`` (the same, scored in-process with transformers) override it.
+    ``score_model`` (the same, scored in-process with transformers) override it. ``top_k``: the
+    student's top-k for the share of tokens outside it (and the alternatives a server is asked for).
     """
     student_format: Format | None = None
     scorer: Scorer | None = None
@@ -191,14 +211,16 @@ def write_report(
         from ..build import build_backend, build_format, build_tokenizer
         from ..config import load_config
 
-        role = load_config(student_config).student
+        config = student_config if isinstance(student_config, SynthConfig) else load_config(student_config)
+        role = config.student
+        where = "the run config" if isinstance(student_config, SynthConfig) else student_config.name
         backend = build_backend(role) if score_model is None else None
         # The student's format as synthesis builds it: its options and its tokenizer's chat template.
         student_format = build_format(role, build_tokenizer(role, backend))
         tokenizer_ref = tokenizer_ref or role.tokenizer or (role.model if role.backend == "hf" else None)
         if backend is not None:
             if backend.supports_scoring:
-                scorer, scorer_name = backend, f"the student of {student_config.name} ({role.backend} backend)"
+                scorer, scorer_name = backend, f"the student of {where} ({role.backend} backend)"
             else:
                 asyncio.run(backend.aclose())
                 logger.warning("the student's %s backend cannot score text: no NLL (give --score-model)", role.backend)
@@ -237,6 +259,7 @@ def write_report(
         samples=samples,
         nll_samples=nll_samples,
         close_scorer=True,
+        top_k=top_k,
     )
     out = html or run.with_name(f"{runs[0].name}.report.html")
     if out.is_dir():

@@ -224,8 +224,26 @@ def _style_section(report: Report) -> str:
     return "".join(parts)
 
 
+def _comparison_section(report: Report) -> str:
+    from .table import comparison, comparison_cells
+
+    head, rows = comparison_cells(comparison(report))
+    return "".join(
+        [
+            "<h2>Side by side</h2>",
+            '<p class="note">Shares, lengths and costs count all records (cost: requests and generated '
+            "tokens, kept and discarded, per token kept in the data; failed samples' requests included). "
+            "Similarity is to the student-only run's responses to the same prompts; NLL, rank, "
+            "Rank-Surprisal Ratio (lower suits the student better) and the share outside the student's "
+            "top-k are the student's, on the thinking (see below). Pass rates count records whose "
+            "answer was judged.</p>",
+            _table(head, rows),
+        ]
+    )
+
+
 def _nll_section(report: Report) -> str:
-    parts = ["<h2>Student negative log-likelihood of the thinking</h2>"]
+    parts = ["<h2>Student negative log-likelihood, ranks and Rank-Surprisal Ratio of the thinking</h2>"]
     if not report.nll:
         parts.append(f'<p class="note">{escape(report.nll_note)}</p>')
         return "".join(parts)
@@ -233,6 +251,15 @@ def _nll_section(report: Report) -> str:
         f'<p class="note">Scored by {escape(report.scorer_name)} after the student\'s own prompt '
         "(its format, thinking opened); nats per token, lower is closer to what the student would write "
         "itself. Runs are scored on the same prompts where they share them.</p>"
+    )
+    first = report.nll[0]
+    parts.append(
+        f"<p class=\"note\">Rank: each token's 1-based rank among the student's predictions, clipped at "
+        f"{first.rank_clip}; mean over samples of each sample's mean. RSR (Rank-Surprisal Ratio, Yang et al., "
+        "arXiv 2601.14249): mean rank over mean NLL of the same samples; lower suits the student better. "
+        f"Outside top-{first.top_k}: the share of tokens the student ranks below its top {first.top_k}. "
+        "Censored: tokens a server ranked only as beyond the alternatives it returned; they count as the "
+        "clip in the rank and the RSR (an upper bound; the lower bound is shown beside it).</p>"
     )
     finite = [n.nll for n in report.nll if math.isfinite(n.nll)]
     best = min(finite) if finite else None
@@ -248,11 +275,31 @@ def _nll_section(report: Report) -> str:
                 f"{n.samples:,}",
                 f"{n.tokens:,}",
                 str(n.truncated),
+                _num(n.rank, 2),
+                _num(n.rank_low, 2),
+                _num(n.rsr, 3),
+                f"{n.outside_top_k:.1%}" if math.isfinite(n.outside_top_k) else "–",
+                f"{n.censored:.1%}" if n.ranked_tokens else "–",
             )
         )
     parts.append(
         _table(
-            ["run", "NLL / token", "perplexity", "mean of samples", "samples", "tokens", "truncated"], rows, raw=True
+            [
+                "run",
+                "NLL / token",
+                "perplexity",
+                "mean of samples",
+                "samples",
+                "tokens",
+                "truncated",
+                "mean rank",
+                "lower bound",
+                "RSR",
+                f"outside top-{first.top_k}",
+                "censored",
+            ],
+            rows,
+            raw=True,
         )
     )
     return "".join(parts)
@@ -308,6 +355,7 @@ def render_html(report: Report) -> str:
         "<h1>tessy report</h1>",
         f'<p class="note">Made by tessy {escape(__version__)} on {escape(stamp)}.</p>',
         _table(["run", "file", "mode"], runs_rows, raw=True),
+        _comparison_section(report),
         _stats_section(report.figures, report.hist_png),
         _quality_section(report.figures),
         _style_section(report),

@@ -59,6 +59,15 @@ class RunDigest:
         thinking = record.thinking
         self.style.add(thinking, len(self.split(thinking)))
 
+    @property
+    def judged(self) -> int:
+        """Records whose answer was judged (``verification.passed`` true or false), all modes."""
+        return sum(q.verdicts.judged for q in self.quality.values())
+
+    @property
+    def passed(self) -> int:
+        return sum(q.verdicts.passed for q in self.quality.values())
+
     @classmethod
     def of(cls, records: list[Record], failures: dict[str, FailureRecord], split: TextTokenizer) -> RunDigest:
         digest = cls(split)

@@ -6,6 +6,7 @@ and frequent style words per thousand tokens of thinking.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -143,9 +144,12 @@ def pca_points(docs: Sequence[list[list[str]]], max_per_run: int = 2000) -> list
 
     try:
         points = PCA(n_components=2, svd_solver="arpack", random_state=0).fit_transform(x)
-    except (TypeError, ValueError):
-        # Older scikit-learn cannot centre sparse input: a truncated SVD is the nearest thing.
-        points = TruncatedSVD(n_components=2, random_state=0).fit_transform(x)
+    except (TypeError, ValueError, RuntimeError):
+        # Older scikit-learn cannot centre sparse input, and ARPACK fails (a RuntimeError) when
+        # every response is the same: a truncated SVD is the nearest thing.
+        with warnings.catch_warnings():  # identical responses: no variance to explain
+            warnings.simplefilter("ignore", RuntimeWarning)
+            points = TruncatedSVD(n_components=2, random_state=0).fit_transform(x)
     out: list[list[tuple[float, float]]] = []
     start = 0
     for d in kept:

@@ -39,6 +39,7 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,22 +197,20 @@ class _Merger:
         self.store = store
         self.summary = summary
         self._offsets: dict[Path, int] = {}
+        #: Lines merged from each shard (by its file) this run: records, failures, malformed inputs.
+        self.merged: dict[Path, Counter[str]] = {}
 
-    def merge(self, outputs: Iterable[Path], *, count: bool = True) -> int:
-        """Merge what the shard files ``outputs`` (and their failure files) gained; return how
-        many lines were appended."""
-        added = 0
+    def merge(self, outputs: Iterable[Path]) -> None:
+        """Merge what the shard files ``outputs`` (and their failure files) gained."""
         for output in outputs:
-            added += self._follow(output, failures=False, count=count)
-            added += self._follow(sidecar_paths(output)[0], failures=True, count=count)
-        return added
+            for path, failures in ((output, False), (sidecar_paths(output)[0], True)):
+                objs, self._offsets[path] = tail_jsonl(path, self._offsets.get(path, 0))
+                self._append(path, objs, failures=failures, counts=self.merged.setdefault(output, Counter()))
 
-    def _follow(self, path: Path, *, failures: bool, count: bool) -> int:
-        objs, self._offsets[path] = tail_jsonl(path, self._offsets.get(path, 0))
-        return self._append(path, objs, failures=failures, count=count)
-
-    def _append(self, path: Path, objs: Iterable[dict[str, Any]], *, failures: bool, count: bool) -> int:
-        store, summary, added = self.store, self.summary, 0
+    def _append(
+        self, path: Path, objs: Iterable[dict[str, Any]], *, failures: bool, counts: Counter[str] | None
+    ) -> None:
+        store, summary = self.store, self.summary
         for obj in objs:
             try:
                 record: Record | FailureRecord = FailureRecord.from_json(obj) if failures else Record.from_json(obj)
@@ -222,14 +221,14 @@ class _Merger:
                 continue
             store.write_record(record)
             (store.failed_ids if failures else store.done_ids).add(record.id)
-            added += 1
-            if not count:
+            if counts is None:
                 continue
             if isinstance(record, FailureRecord) and record.raw is not None:
                 summary.bad_lines += 1  # an input that was no sample, counted as one process counts it
+                counts["bad_lines"] += 1
             else:
                 summary.add(record)
-        return added
+                counts["failed" if failures else "written"] += 1
 
     def recover(self, config: SynthConfig) -> None:
         """Merge, then remove, the shard files an earlier run left (its coordinator ended before
@@ -245,26 +244,34 @@ class _Merger:
                 allow_config_change=config.data.allow_config_change,
             ) as shard_store:
                 for path, failures in ((output, False), (shard_store.failed_path, True)):
-                    self._append(path, read_jsonl(path, missing_ok=True), failures=failures, count=False)
+                    self._append(path, read_jsonl(path, missing_ok=True), failures=failures, counts=None)
             _remove_shard_files(output)
         if left:
             logger.warning("merged %d shard file(s) an earlier run left into %s", len(left), self.store.output)
+
+    def add_skipped(self, outputs: Iterable[Path]) -> None:
+        """Add to the summary the inputs the shards skipped, from their own summaries.
+
+        A shard that ran more than once in this run (a restarted actor) skipped, in its last
+        attempt, also what its earlier ones wrote: those were merged and counted as written, so
+        what it finished or skipped, less what was merged from it, is what was done before."""
+        summary = self.summary
+        for output in outputs:
+            try:
+                last = json.loads(summary_path(output).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # a shard that was killed wrote none
+            merged = self.merged.get(output, Counter())
+            failed = sum((last.get("failed") or {}).values())
+            summary.skipped_done += max(0, last["written"] + last["skipped_done"] - merged["written"])
+            summary.skipped_failed += max(0, failed + last["skipped_failed"] - merged["failed"])
+            # Malformed inputs are counted in every run, recorded or not (as one process does).
+            summary.bad_lines += last["bad_lines"] - merged["bad_lines"]
 
 
 def _remove_shard_files(output: Path) -> None:
     for path in (output, *sidecar_paths(output), summary_path(output), _lock_path(output)):
         path.unlink(missing_ok=True)
-
-
-def _skipped_counts(summary: RunSummary, outputs: Iterable[Path]) -> None:
-    """Add the inputs the shards skipped (done or failed before) from their summaries."""
-    for output in outputs:
-        try:
-            shard_summary = json.loads(summary_path(output).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # a shard that was killed wrote none
-        summary.skipped_done += int(shard_summary.get("skipped_done") or 0)
-        summary.skipped_failed += int(shard_summary.get("skipped_failed") or 0)
 
 
 def _check_shared_servers(config: SynthConfig) -> None:
@@ -343,7 +350,7 @@ def run_sharded(
         try:
             launcher.stop()
             merger.merge(outputs)
-            _skipped_counts(summary, outputs)
+            merger.add_skipped(outputs)
             for shard_out in outputs:
                 _remove_shard_files(shard_out)
             summary.wall_s = time.perf_counter() - started

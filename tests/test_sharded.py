@@ -155,9 +155,11 @@ def test_a_second_run_on_an_output_a_sharded_run_holds_is_refused(tmp_path: Path
     write_prompts(source, 4)
     out = tmp_path / "out.jsonl"
     config = load_config(OFFLINE, FAST)
-    with OutputStore.open(out, config=config.dump(), config_hash=config.config_hash()):
-        with pytest.raises(DataError, match="another tessy run"):
-            synthesize_sharded(config, workers=2, prompts=source, output=out)
+    with (
+        OutputStore.open(out, config=config.dump(), config_hash=config.config_hash()),
+        pytest.raises(DataError, match="another tessy run"),
+    ):
+        synthesize_sharded(config, workers=2, prompts=source, output=out)
     assert not shard_outputs(out)
 
 
@@ -230,7 +232,7 @@ def test_killing_one_worker_mid_run_loses_and_doubles_nothing_and_a_rerun_finish
             assert time.monotonic() < deadline, "the run made no progress"
             time.sleep(0.01)
         os.kill(int(lock.read_text()), signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 1, stderr

@@ -127,4 +127,3 @@ class RayLauncher:
         self.stop()
         if self._owned and self._ray.is_initialized():
             self._ray.shutdown()
-

@@ -11,6 +11,7 @@ from typing import Any
 from rich.table import Table
 
 from ..config import load_config
+from ..errors import ConfigError
 from ..sharded import synthesize_sharded
 from ..synth import RunSummary, asynthesize
 from .common import (
@@ -94,6 +95,8 @@ async def _logged(config: Any) -> RunSummary:
 
 def _sharded(config: Any, workers: int | None, ray: str | None) -> RunSummary:
     """The run as ``workers`` client processes (or Ray actors), with the same progress display."""
+    if ray is not None and "=" in ray:
+        raise ConfigError(f"--ray takes a cluster address, not {ray!r}: put key=value overrides before --ray")
     ray_address: bool | str | None = None if ray is None else (True if ray == "" else ray)
     if console.is_terminal or not config.progress_interval_s:
         with progress_bar("synth") as on_progress:

@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("config",),
     ("engine",),
     ("build",),
-    ("data", "synth", "sharded", "ray_runner", "report", "export", "demo", "bench", "predictor", "check"),
+    ("data", "synth", "sharded", "ray_runner", "scale", "report", "export", "demo", "bench", "predictor", "check"),
     ("cli",),
 )
 

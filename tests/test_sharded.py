@@ -17,7 +17,7 @@ import pytest
 
 import tessy
 from tessy import ConfigError, DataError, ShardError, load_config, synthesize_sharded
-from tessy.cli import main
+from tessy.cli import main, parser
 from tessy.data import OutputStore
 from tessy.jsonl import tail_jsonl
 from tessy.prompts import BadLine
@@ -248,3 +248,13 @@ def test_killing_one_worker_mid_run_loses_and_doubles_nothing_and_a_rerun_finish
     assert Counter(r["id"] for r in lines(out)) == Counter(ids)
     summary = json.loads((tmp_path / "out.summary.json").read_text())
     assert (summary["written"], summary["skipped_done"], summary["error"]) == (len(lost), len(kept), None)
+
+
+def test_the_slurm_example_is_valid_bash_and_its_tessy_command_parses() -> None:
+    script = ROOT / "examples" / "slurm" / "tessy-ray.sbatch"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    args = parser().parse_args(
+        ["synth", "--config", "c.yaml", "--input", "i", "--output", "o", "k=v", "--workers", "8", "--ray", "h:6379"]
+    )
+    assert (args.workers, args.ray, args.overrides) == (8, "h:6379", ["k=v"])
+    assert "--ray" in script.read_text() and "--workers" in script.read_text()

@@ -48,7 +48,7 @@ from .records import (
     read_failures,
     read_records,
 )
-from .sharded import synthesize_sharded
+from .scale import synthesize_sharded
 from .synth import RunSummary, Synthesis, asynthesize, synthesize
 from .version import __version__
 

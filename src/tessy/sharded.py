@@ -10,7 +10,7 @@ How the work is split and put back together:
   of the id, :mod:`tessy.shard`), with its own event loop and its own engine, writing its own
   file ``OUT.shard-K.jsonl`` (and ``OUT.shard-K.failed.jsonl``) under its own lock: one writer
   per file, so every file is append-only JSONL whose torn tail, if a kill leaves one, is cut off.
-- The coordinator (the process that called :func:`synthesize_sharded`) holds ``OUT.lock`` for
+- The coordinator (the process that called :func:`tessy.synthesize_sharded`) holds ``OUT.lock`` for
   the whole run, so a second run on the same output is refused as with one process. While the
   shards run, it follows their files and appends each whole new line to ``OUT.jsonl`` or
   ``OUT.failed.jsonl`` (an id at most once), so the output grows as the run goes; it writes the
@@ -40,12 +40,12 @@ import multiprocessing.connection
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config import SynthConfig, load_config
+from .config import SynthConfig
 from .data import OutputStore, sidecar_paths, summary_path
 from .data import lock_path as _lock_path
 from .errors import ConfigError, DataError, ShardError
@@ -53,9 +53,9 @@ from .jsonl import read_jsonl, tail_jsonl
 from .prompts import Prompts, PromptSource
 from .records import FailureRecord, Record
 from .shard import Shard, shard_of, shard_output, shard_outputs
-from .synth import ConfigLike, Progress, RunSummary, Synthesis, count_prompts
+from .synth import Progress, RunSummary, Synthesis, count_prompts
 
-__all__ = ["Launcher", "ProcessLauncher", "ShardJob", "run_shard", "split_config", "synthesize_sharded"]
+__all__ = ["Launcher", "ProcessLauncher", "ShardJob", "run_shard", "run_sharded", "split_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -327,6 +327,8 @@ def run_sharded(
         merger.recover(config)
         if progress is not None and isinstance(prompts, (str, Path, PromptSource)):
             summary.total = count_prompts(PromptSource.of(prompts), config.limit)
+        elif progress is not None and isinstance(prompts, Sized):
+            summary.total = min(len(prompts), config.limit or len(prompts))
         shard_config = split_config(config, count)
         for index, shard_out in enumerate(outputs):
             done = frozenset(i for i in store.done_ids if shard_of(i, count) == index)
@@ -366,37 +368,3 @@ def run_sharded(
             f"The {summary.written} records written are in {out}; run the same command again to run the rest."
         )
     return summary
-
-
-def synthesize_sharded(
-    config: ConfigLike,
-    *,
-    workers: int | None = None,
-    ray: bool | str | None = None,
-    prompts: Prompts | None = None,
-    output: str | Path | None = None,
-    progress: Progress | None = None,
-    max_restarts: int = 3,
-) -> RunSummary:
-    """Run a synthesis as ``workers`` shards, each a client process with its own event loop,
-    and return the run's summary; the output is one file, resumed like one process's.
-
-    Without ``ray`` the shards are processes on this machine. With ``ray`` they are actors on a
-    Ray cluster (``True``: ``ray.init()``'s default, e.g. ``RAY_ADDRESS``; a string: the
-    cluster's address, e.g. ``"auto"`` or ``"ray://head:10001"``); ``workers`` then defaults to
-    one per node, the output must be on storage every node shares, and a shard whose actor dies
-    is restarted (up to ``max_restarts`` times) and resumes from its own file.
-    """
-    config = config if isinstance(config, SynthConfig) else load_config(config)
-    if ray is None or ray is False:
-        if workers is None:
-            raise ConfigError("say how many worker processes: workers=N")
-        return run_sharded(config, ProcessLauncher(), workers, prompts=prompts, output=output, progress=progress)
-    from .ray_runner import RayLauncher
-
-    launcher = RayLauncher(None if ray is True else ray, max_restarts=max_restarts)
-    try:
-        count = workers if workers is not None else launcher.node_count()
-        return run_sharded(config, launcher, count, prompts=prompts, output=output, progress=progress)
-    finally:
-        launcher.close()

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..config import load_config
 from ..errors import ConfigError
-from ..sharded import synthesize_sharded
+from ..scale import synthesize_sharded
 from ..synth import RunSummary, asynthesize
 from .common import (
     EXIT_FAILURES,

@@ -3,6 +3,7 @@ one output, one summary, resume, and a killed worker that costs nothing but its 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -21,7 +22,8 @@ from tessy.cli import main, parser
 from tessy.data import OutputStore
 from tessy.jsonl import tail_jsonl
 from tessy.prompts import BadLine
-from tessy.records import Sample
+from tessy.records import RunStats, Sample
+from tessy.report.runs import load_run, run_stats
 from tessy.shard import Shard, shard_of, shard_output, shard_outputs
 from tessy.sharded import split_config
 
@@ -112,8 +114,13 @@ def test_two_workers_write_the_records_one_process_writes_each_id_once_into_one_
     assert saved["written"] == summary.written == 40 and saved["error"] is None
     assert saved["requests"] == sum(r["stats"]["requests"] for r in single)
     assert summary.total_tokens == sum(r["stats"]["teacher_tokens"] + r["stats"]["student_tokens"] for r in single)
-    # tessy check reads it as any run's output.
+    # check, report and export read it as any run's output: the report's counters are the live ones.
     assert main(["check", str(out)]) == 0
+    read = run_stats(load_run(out))
+    names = [f.name for f in dataclasses.fields(RunStats)]
+    assert {n: getattr(summary, n) for n in names} == {n: getattr(read, n) for n in names}
+    assert main(["export", str(out), "--format", "sharegpt", "--out", str(tmp_path / "sharegpt.jsonl")]) == 0
+    assert len(lines(tmp_path / "sharegpt.jsonl")) == 40
 
 
 @pytest.mark.slow

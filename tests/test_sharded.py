@@ -170,6 +170,18 @@ def test_a_second_run_on_an_output_a_sharded_run_holds_is_refused(tmp_path: Path
     assert not shard_outputs(out)
 
 
+def test_a_sharded_run_with_another_config_refuses_to_append_as_one_process_does(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    write_prompts(source, 6)
+    out = tmp_path / "out.jsonl"
+    config = load_config(OFFLINE, FAST)
+    tessy.synthesize(config.model_copy(update={"limit": 2}), prompts=source, output=out)
+    other = load_config(OFFLINE, [*FAST, "teacher.chunk_tokens=7"])
+    with pytest.raises(DataError, match="another config"):
+        synthesize_sharded(other, workers=2, prompts=source, output=out)
+    assert len(lines(out)) == 2 and not shard_outputs(out)
+
+
 def test_shard_files_a_dead_coordinator_left_are_merged_once_on_the_next_run(tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
     ids = write_prompts(source, 20)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +45,6 @@ class _ShardActor:
 
     def run(self, job: ShardJob) -> dict[str, Any]:
         return run_shard(job)
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 class RayLauncher:

@@ -130,10 +130,6 @@ class ProcessLauncher:
         send.close()
         self._running[job.shard.index] = (process, receive)
 
-    def pids(self) -> dict[int, int]:
-        """The process id of each running shard."""
-        return {index: process.pid for index, (process, _) in self._running.items()}
-
     def wait(self, timeout: float) -> list[tuple[int, str | None]]:
         if not self._running:
             return []

@@ -150,10 +150,11 @@ def main() -> None:
     print("".join(f"{c:>30}" for c in cols))
     for row in rows:
         print("".join(f"{row[c]:>30.2f}" if isinstance(row[c], float) else f"{row[c]:>30}" for c in cols))
-    per_token = min(r["client_cpu_us_per_kept_token"] for r in rows)
+    # The model takes the CPU one process spends per kept token (the first row, fewest workers).
+    per_token = rows[0]["client_cpu_us_per_kept_token"]
     one_core = 1e6 / per_token
     print()
-    print(f"model: one client process (one core) keeps up with ~{one_core:.0f} kept tokens/s")
+    print(f"model: one client process (one core) keeps up with ~{one_core:.0f} kept tokens/s ({per_token:.0f} us each)")
     for target in (int(t) for t in args.targets.split(",")):
         print(f"model: a node serving {target} tokens/s needs ~{target * per_token / 1e6:.1f} client cores (workers)")
     print()

@@ -270,6 +270,13 @@ def _remove_shard_files(output: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _by_shard(ids: Iterable[str], count: int) -> list[list[str]]:
+    groups: list[list[str]] = [[] for _ in range(count)]
+    for sample_id in ids:
+        groups[shard_of(sample_id, count)].append(sample_id)
+    return groups
+
+
 def _check_shared_servers(config: SynthConfig) -> None:
     for name, role in (("teacher", config.teacher), ("student", config.student)):
         if role.backend not in SHARED_BACKENDS:
@@ -326,10 +333,10 @@ def run_sharded(
         elif progress is not None and isinstance(prompts, Sized):
             summary.total = min(len(prompts), config.limit or len(prompts))
         shard_config = split_config(config, count)
+        done, failed = _by_shard(store.done_ids, count), _by_shard(store.failed_ids, count)
         for index, shard_out in enumerate(outputs):
-            done = frozenset(i for i in store.done_ids if shard_of(i, count) == index)
-            failed = frozenset(i for i in store.failed_ids if shard_of(i, count) == index)
-            launcher.start(ShardJob(shard_config, prompts, shard_out, Shard(index, count, done, failed)))
+            shard = Shard(index, count, frozenset(done[index]), frozenset(failed[index]))
+            launcher.start(ShardJob(shard_config, prompts, shard_out, shard))
         running = set(range(count))
         while running:
             for index, why in launcher.wait(TICK_S):

@@ -16,12 +16,25 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tessy"
 #: Layers, lowest first. A module belongs to the layer of its longest listed prefix and may
 #: import its own layer and the ones below. Within a layer the cycle check keeps order.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "text", "version", "records", "jsonl", "retry", "workers", "prompts", "presets"),
+    ("errors", "text", "version", "records", "jsonl", "retry", "workers", "prompts", "presets", "shard"),
     ("backends", "boundary", "hf", "models", "tokenizers", "formats", "scoring", "view", "fakes"),
     ("config",),
     ("engine",),
     ("build",),
-    ("data", "synth", "report", "export", "demo", "bench", "predictor", "check", "compare"),
+    (
+        "data",
+        "synth",
+        "sharded",
+        "ray_runner",
+        "scale",
+        "report",
+        "export",
+        "demo",
+        "bench",
+        "predictor",
+        "check",
+        "compare",
+    ),
     ("cli",),
 )
 

@@ -30,6 +30,7 @@ from .errors import (
     MissingModelError,
     ModelError,
     ServerStartError,
+    ShardError,
     TessyError,
 )
 from .formats import Format, get_format
@@ -47,6 +48,7 @@ from .records import (
     read_failures,
     read_records,
 )
+from .scale import synthesize_sharded
 from .synth import RunSummary, Synthesis, asynthesize, synthesize
 from .version import __version__
 
@@ -86,6 +88,7 @@ __all__ = [
     "Scorer",
     "ScriptedBackend",
     "ServerStartError",
+    "ShardError",
     "Span",
     "SynthConfig",
     "Synthesis",
@@ -103,4 +106,5 @@ __all__ = [
     "read_failures",
     "read_records",
     "synthesize",
+    "synthesize_sharded",
 ]

@@ -11,6 +11,7 @@ or model library sits underneath. Messages say what went wrong *and* what to do 
     ├── BoundaryError           a boundary predictor failed or returned an impossible cut
     ├── BackendError            a generation request failed (``retryable``, ``status``)
     ├── OutageError             every replica of a model stayed down past ``outage_timeout_s`` (ends the run)
+    ├── ShardError              a shard of a sharded run (a worker, a Ray actor) ended early
     ├── ServerStartError        a local server (llama.cpp) did not start or never became healthy
     ├── ModelError              a model file cannot be found, verified or installed
     │   └── MissingModelError   a catalogued model's package is not installed
@@ -35,6 +36,7 @@ __all__ = [
     "ModelError",
     "OutageError",
     "ServerStartError",
+    "ShardError",
     "TessyError",
 ]
 
@@ -81,6 +83,14 @@ class OutageError(TessyError):
 
     Not a sample's failure: samples wait out an outage (their failure budgets are not charged),
     and one that lasts too long ends the whole run, the records already written kept.
+    """
+
+
+class ShardError(TessyError):
+    """A shard of a sharded run (a worker process, a Ray actor) ended before its samples did.
+
+    The records every shard wrote are kept in the output; running the same command again
+    runs the samples that have none.
     """
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "repair_tail",
     "scan_ids",
     "skip_line",
+    "tail_jsonl",
     "write_atomic",
 ]
 
@@ -229,6 +230,32 @@ def read_jsonl(path: Path, *, missing_ok: bool = False, damaged: list[int] | Non
     """The JSON objects of a file, lazily (see :func:`iter_jsonl`)."""
     for _, obj in iter_jsonl(path, missing_ok=missing_ok, damaged=damaged):
         yield obj
+
+
+def tail_jsonl(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The JSON objects of the whole lines a file has gained past byte ``offset``, and the offset
+    to read on from: a line still being written (no newline yet) is left for the next call.
+
+    For following a file that another process appends to. A whole line that holds no JSON
+    object is skipped with a warning; a file that does not exist yet holds nothing.
+    """
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+    except FileNotFoundError:
+        return [], offset
+    end = chunk.rfind(b"\n") + 1
+    objs: list[dict[str, Any]] = []
+    for raw in chunk[:end].splitlines():
+        if not raw.strip():
+            continue
+        obj = _decode(raw)
+        if isinstance(obj, dict):
+            objs.append(obj)
+        else:
+            logger.warning("%s: skipped a damaged line past byte %d", path, offset)
+    return objs, offset + end
 
 
 def _id_and_hash(raw: bytes) -> tuple[str, str] | None:

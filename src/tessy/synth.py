@@ -35,6 +35,7 @@ from .errors import ConfigError, DataError
 from .prompts import BadLine, Prompts, PromptSource, iter_samples
 from .records import FailureRecord, Record, RunStats, Sample, read_records
 from .records.sample import ratio
+from .shard import Shard
 
 __all__ = ["RunSummary", "Synthesis", "asynthesize", "count_prompts", "synthesize"]
 
@@ -140,7 +141,8 @@ class Synthesis:
     ``config.data.output``; with neither, records are kept only in memory (no resume) and
     failures in :attr:`failures`. With an output, the run resumes as ``tessy synth`` does:
     finished ids are skipped and failures go to the failure file. ``engine`` replaces the one
-    built from the config (the caller keeps and closes it).
+    built from the config (the caller keeps and closes it). ``shard`` runs only the inputs that
+    shard owns (see :mod:`tessy.shard`), skipping also the ids it names as done elsewhere.
     """
 
     def __init__(
@@ -151,6 +153,7 @@ class Synthesis:
         output: str | Path | None = None,
         engine: Engine | None = None,
         progress: Progress | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.config = config if isinstance(config, SynthConfig) else load_config(config)
         data = self.config.data
@@ -171,6 +174,7 @@ class Synthesis:
         self.failures: list[FailureRecord] = []
         self._engine, self._owned = engine, engine is None
         self._progress = progress
+        self.shard = shard
         self._store: OutputStore | None = None
         self._started = 0.0
         self._iterator: AsyncGenerator[Record, None] | None = None
@@ -192,6 +196,9 @@ class Synthesis:
                 fsync=data.fsync,
             )
             self.summary.failed_path = self._store.failed_path
+            if self.shard is not None:  # what the merged output of a sharded run holds counts as done
+                self._store.done_ids |= self.shard.done
+                self._store.failed_ids |= self.shard.failed
         if self._progress is not None and isinstance(self.prompts, (str, Path, PromptSource)):
             self.summary.total = count_prompts(PromptSource.of(self.prompts), config.limit)
         elif self._progress is not None and hasattr(self.prompts, "__len__"):
@@ -268,6 +275,8 @@ class Synthesis:
         for seen, item in enumerate(items):
             if config.limit is not None and seen >= config.limit:
                 return
+            if self.shard is not None and not self.shard.owns(item):
+                continue
             if isinstance(item, BadLine):
                 summary.bad_lines += 1
                 if store is None:

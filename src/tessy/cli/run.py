@@ -11,6 +11,8 @@ from typing import Any
 from rich.table import Table
 
 from ..config import load_config
+from ..errors import ConfigError
+from ..scale import synthesize_sharded
 from ..synth import RunSummary, asynthesize
 from .common import (
     EXIT_FAILURES,
@@ -62,7 +64,9 @@ def _synth(args: argparse.Namespace) -> int:
     if args.limit is not None:
         overrides.append(f"limit={args.limit}")
     config = load_config(Path(args.config), overrides)
-    if console.is_terminal or not config.progress_interval_s:
+    if args.workers is not None or args.ray is not None:
+        summary = _sharded(config, args.workers, args.ray)
+    elif console.is_terminal or not config.progress_interval_s:
         with progress_bar("synth") as on_progress:
             summary = asyncio.run(asynthesize(config, progress=on_progress))
     else:
@@ -87,6 +91,20 @@ async def _logged(config: Any) -> RunSummary:
         return await asynthesize(config, progress=log)
     finally:
         beat.cancel()
+
+
+def _sharded(config: Any, workers: int | None, ray: str | None) -> RunSummary:
+    """The run as ``workers`` client processes (or Ray actors), with the same progress display."""
+    if ray is not None and "=" in ray:
+        raise ConfigError(f"--ray takes a cluster address, not {ray!r}: put key=value overrides before --ray")
+    ray_address: bool | str | None = None if ray is None else (True if ray == "" else ray)
+    if console.is_terminal or not config.progress_interval_s:
+        with progress_bar("synth") as on_progress:
+            return synthesize_sharded(config, workers=workers, ray=ray_address, progress=on_progress)
+    log = ProgressLog(
+        "synth", config.progress_interval_s, lambda line: console.print(line, markup=False, highlight=False)
+    )
+    return synthesize_sharded(config, workers=workers, ray=ray_address, progress=log)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -115,6 +133,21 @@ def register(sub: Any, **common: Any) -> None:
     add_source_arguments(synth)
     synth.add_argument("--output", help="JSONL output (overrides data.output); resumes if it exists")
     synth.add_argument("--limit", type=int, help="use only the first N prompts")
+    synth.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run as N client processes (shards by id; the servers' limits are split among them); "
+        "with --ray, N actors (default: one per node)",
+    )
+    synth.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the shards as actors on a Ray cluster (ADDRESS e.g. auto or ray://head:10001; "
+        "without it RAY_ADDRESS or a local cluster); needs tessy[ray]",
+    )
     synth.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. teacher.chunk_tokens=32"
     )

@@ -42,6 +42,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 import httpx
+import orjson
 
 from ..errors import BackendError, ConfigError
 from ..retry import Backoff, FailureBudget, call_with_retries
@@ -54,6 +55,7 @@ from .wire import (
     echo_scores,
     error_message,
     finish_of,
+    loads,
     proven_stop,
     retry_after_of,
     retryable,
@@ -70,6 +72,12 @@ ServerKind = Literal["vllm", "sglang", "llamacpp", "openai"]
 
 
 T = TypeVar("T")
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    """A request body as JSON bytes (``extra_body`` from YAML may have integer keys, as
+    ``logit_bias`` does: written as strings, as the standard encoder writes them)."""
+    return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
 
 
 class OpenAICompletionsBackend(Backend):
@@ -314,14 +322,14 @@ class OpenAICompletionsBackend(Backend):
     # -- generate ------------------------------------------------------------------------
 
     async def generate(self, request: GenerateRequest) -> Generation:
-        body = self._body(request, stream=False)
+        content = _dumps(self._body(request, stream=False))
 
         async def once(ep: Endpoint) -> Generation:
-            response = await self.client.post(f"{ep.url}/completions", json=body)
+            response = await self.client.post(f"{ep.url}/completions", content=content)
             raw = await response.aread()
             self._check_status(ep, response, raw)
             try:
-                data = json.loads(raw)
+                data = loads(raw)
                 choice = data["choices"][0]
                 text = choice["text"]
             except (ValueError, KeyError, IndexError, TypeError):
@@ -402,11 +410,11 @@ class OpenAICompletionsBackend(Backend):
     # -- stream --------------------------------------------------------------------------
 
     async def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamDelta, None]:
-        body = self._body(request, stream=True)
+        content = _dumps(self._body(request, stream=True))
         headers = {"Connection": "close"} if self.server == "llamacpp" else None
 
         async def once(ep: Endpoint) -> httpx.Response:
-            req = self.client.build_request("POST", f"{ep.url}/completions", json=body, headers=headers)
+            req = self.client.build_request("POST", f"{ep.url}/completions", content=content, headers=headers)
             response = await self.client.send(req, stream=True)
             if response.status_code >= 400:
                 raw = await response.aread()

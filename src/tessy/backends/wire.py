@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import httpx
+import orjson
 
 from ..errors import BackendError
 from ..text import open_stop
@@ -24,6 +25,7 @@ __all__ = [
     "echo_scores",
     "error_message",
     "finish_of",
+    "loads",
     "proven_stop",
     "retry_after_of",
     "retryable",
@@ -108,19 +110,17 @@ async def sse_deltas(
     ``include_usage``) is read first: it is what proves an end-of-sequence token.
     """
     finished: StreamDelta | None = None
-    async for line in response.aiter_lines():
-        if not line.startswith("data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == "[DONE]":
+    async for payload in _data_lines(response):
+        if payload == b"[DONE]":
             break
         try:
-            event = json.loads(payload)
+            event = loads(payload)
             choices = event.get("choices") or []
             usage = event.get("usage") or {}
             counted = usage.get("completion_tokens")
         except (ValueError, AttributeError):
-            raise BackendError(f"malformed stream event: {payload[:200]!r}", retryable=True) from None
+            shown = payload[:200].decode("utf-8", "replace")
+            raise BackendError(f"malformed stream event: {shown!r}", retryable=True) from None
         if finished is not None:
             if isinstance(counted, int):
                 finished.completion_tokens = counted
@@ -163,6 +163,39 @@ async def sse_deltas(
                     return
     if finished is not None:
         yield finished
+
+
+async def _data_lines(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """The payloads of an SSE stream's ``data:`` lines, as bytes (stripped), in order.
+
+    Lines end in ``\n``, ``\r\n`` or a lone ``\r`` (all three are SSE line ends); bytes are
+    split as they come, with no text decoding: JSON is parsed from the bytes."""
+    buffer = b""
+    async for data in response.aiter_bytes():
+        buffer = buffer + data if buffer else data
+        if b"\r" in buffer:
+            # A lone CR may be the first half of a CRLF that the next read completes.
+            if buffer.endswith(b"\r"):
+                continue
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b"\n" not in buffer:
+            continue
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):
+                yield line[5:].strip()
+    for line in buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+        if line.startswith(b"data:"):
+            yield line[5:].strip()
+
+
+def loads(data: bytes | str) -> Any:
+    """JSON from the wire: orjson, and the standard parser for what orjson refuses but Python
+    reads (``NaN``, ``Infinity``), so that a faster parser never turns a body into a fault."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 #: A stream's stop reason when the server stopped at one of the request's stop token ids.

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -56,10 +57,11 @@ from .wire import (
     error_message,
     finish_of,
     loads,
+    merge_deltas,
     proven_stop,
     retry_after_of,
     retryable,
-    sse_deltas,
+    sse_batches,
     stop_reason_of,
     token_strings,
 )
@@ -72,6 +74,15 @@ ServerKind = Literal["vllm", "sglang", "llamacpp", "openai"]
 
 
 T = TypeVar("T")
+
+
+async def _merged(batches: AsyncGenerator[list[StreamDelta], None]) -> AsyncGenerator[StreamDelta, None]:
+    """The deltas of each read merged (:func:`merge_deltas`): a late reader handles a burst of
+    tokens in one step, not one step per token."""
+    async with aclosing(batches):
+        async for batch in batches:
+            for delta in merge_deltas(batch):
+                yield delta
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
@@ -429,9 +440,9 @@ class OpenAICompletionsBackend(Backend):
         events = 0
         held = StopHold(request.stop)
         try:
-            async for delta in sse_deltas(response, self._unsplit_event):
+            async for delta in _merged(sse_batches(response, self._unsplit_event)):
                 got_any = got_any or bool(delta.pieces)
-                events += bool(delta.pieces)  # at least one token each
+                events += len(delta.pieces)  # at least one token each
                 if delta.pieces:
                     out, hit = held.feed(delta)
                     for ready in out:

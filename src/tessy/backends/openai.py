@@ -38,8 +38,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -83,6 +83,14 @@ async def _merged(batches: AsyncGenerator[list[StreamDelta], None]) -> AsyncGene
         async for batch in batches:
             for delta in merge_deltas(batch):
                 yield delta
+
+
+#: Completion requests per small client pool (see OpenAICompletionsBackend._completion_client).
+_SHARD_REQUESTS = 8
+
+
+def _busy(shard: list[Any]) -> int:
+    return int(shard[0])
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
@@ -139,6 +147,8 @@ class OpenAICompletionsBackend(Backend):
             self._secret = key
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._client: httpx.AsyncClient | None = None
+        #: [requests in flight, client] per small pool (see _completion_client).
+        self._shards: list[list[Any]] = []
         #: Streamed tokens that came in events of several tokens that could not be split into
         #: tokens (no per-token text): their ids are lost and token-exact mode re-encodes them.
         self.unsplit_tokens = 0
@@ -147,14 +157,43 @@ class OpenAICompletionsBackend(Backend):
 
     @property
     def client(self) -> httpx.AsyncClient:
+        """The client of the requests besides completions (model lists, probes, scoring)."""
         if self._client is None:
-            limits = httpx.Limits(
-                max_connections=self.max_concurrency + 8, max_keepalive_connections=self.max_concurrency
-            )
+            limits = httpx.Limits(max_connections=_SHARD_REQUESTS + 8, max_keepalive_connections=_SHARD_REQUESTS)
             self._client = httpx.AsyncClient(timeout=self._timeout, limits=limits, headers=self._headers)
         return self._client
 
+    @asynccontextmanager
+    async def _completion_client(self) -> AsyncIterator[httpx.AsyncClient]:
+        """A client for one completion request (see :meth:`_take_shard`)."""
+        shard = self._take_shard()
+        try:
+            yield shard[1]
+        finally:
+            shard[0] -= 1
+
+    def _take_shard(self) -> list[Any]:
+        """The least busy of a few small clients, counted busy with one more request until the
+        caller counts it back (``shard[0] -= 1``); ``shard[1]`` is the client.
+
+        httpcore's pool looks at every connection and every queued request on each step of
+        each request (to assign, expire and release connections), so one pool of hundreds of
+        connections costs the client more CPU per request than the request itself. Pools of
+        :data:`_SHARD_REQUESTS` requests keep that cost small."""
+        if not self._shards:
+            n = max(1, -(-self.max_concurrency // _SHARD_REQUESTS))
+            limits = httpx.Limits(max_connections=_SHARD_REQUESTS + 4, max_keepalive_connections=_SHARD_REQUESTS + 4)
+            self._shards = [
+                [0, httpx.AsyncClient(timeout=self._timeout, limits=limits, headers=self._headers)] for _ in range(n)
+            ]
+        shard = min(self._shards, key=_busy)
+        shard[0] += 1
+        return shard
+
     async def aclose(self) -> None:
+        shards, self._shards = self._shards, []
+        for _, client in shards:
+            await client.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -336,8 +375,9 @@ class OpenAICompletionsBackend(Backend):
         content = _dumps(self._body(request, stream=False))
 
         async def once(ep: Endpoint) -> Generation:
-            response = await self.client.post(f"{ep.url}/completions", content=content)
-            raw = await response.aread()
+            async with self._completion_client() as client:
+                response = await client.post(f"{ep.url}/completions", content=content)
+                raw = await response.aread()
             self._check_status(ep, response, raw)
             try:
                 data = loads(raw)
@@ -425,8 +465,8 @@ class OpenAICompletionsBackend(Backend):
         headers = {"Connection": "close"} if self.server == "llamacpp" else None
 
         async def once(ep: Endpoint) -> httpx.Response:
-            req = self.client.build_request("POST", f"{ep.url}/completions", content=content, headers=headers)
-            response = await self.client.send(req, stream=True)
+            req = client.build_request("POST", f"{ep.url}/completions", content=content, headers=headers)
+            response = await client.send(req, stream=True)
             if response.status_code >= 400:
                 raw = await response.aread()
                 await response.aclose()
@@ -435,7 +475,13 @@ class OpenAICompletionsBackend(Backend):
 
         # Retries and failover happen only before the first token; a stream that breaks later
         # raises, and the engine redoes the whole step.
-        response, retries = await self._with_retries(self._key(request), once)
+        shard = self._take_shard()
+        client: httpx.AsyncClient = shard[1]
+        try:
+            response, retries = await self._with_retries(self._key(request), once)
+        except BaseException:
+            shard[0] -= 1
+            raise
         got_any = False
         events = 0
         held = StopHold(request.stop)
@@ -475,4 +521,7 @@ class OpenAICompletionsBackend(Backend):
             raise BackendError(f"{self.model}: connection lost {where} a stream ({exc})", retryable=True) from exc
         finally:
             # Closing the response closes the connection, and the server aborts the request.
-            await response.aclose()
+            try:
+                await response.aclose()
+            finally:
+                shard[0] -= 1

@@ -160,8 +160,14 @@ class OpenAICompletionsBackend(Backend):
         """The client of the requests besides completions (model lists, probes, scoring)."""
         if self._client is None:
             limits = httpx.Limits(max_connections=_SHARD_REQUESTS + 8, max_keepalive_connections=_SHARD_REQUESTS)
-            self._client = httpx.AsyncClient(timeout=self._timeout, limits=limits, headers=self._headers)
+            self._client = self._new_client(limits)
         return self._client
+
+    def _new_client(self, limits: httpx.Limits) -> httpx.AsyncClient:
+        # Each client loads the system's CA certificates (tens of ms of CPU); plain-HTTP
+        # replicas never use them.
+        plain = all(ep.url.startswith("http://") for ep in self.pool.endpoints)
+        return httpx.AsyncClient(timeout=self._timeout, limits=limits, headers=self._headers, verify=not plain)
 
     @asynccontextmanager
     async def _completion_client(self) -> AsyncIterator[httpx.AsyncClient]:
@@ -183,9 +189,7 @@ class OpenAICompletionsBackend(Backend):
         if not self._shards:
             n = max(1, -(-self.max_concurrency // _SHARD_REQUESTS))
             limits = httpx.Limits(max_connections=_SHARD_REQUESTS + 4, max_keepalive_connections=_SHARD_REQUESTS + 4)
-            self._shards = [
-                [0, httpx.AsyncClient(timeout=self._timeout, limits=limits, headers=self._headers)] for _ in range(n)
-            ]
+            self._shards = [[0, self._new_client(limits)] for _ in range(n)]
         shard = min(self._shards, key=_busy)
         shard[0] += 1
         return shard

@@ -335,3 +335,23 @@ def test_bench_over_http_through_the_openai_backend() -> None:
     assert chunked.tokens_per_sample == pytest.approx(lower.tokens_per_sample, rel=0.1)
     assert chunked.requests_per_sample > streaming.requests_per_sample > 1
     assert chunked.server["sim-teacher"]["requests"] > 0 and chunked.server["sim-student"]["requests"] > 0
+
+
+def test_bench_counts_kept_and_generated_tokens_and_the_client_cpu_per_setup() -> None:
+    from tessy.bench import client_lines, client_table
+
+    result = run_bench(replace(TINY, concurrency=(4,)))
+    lower, chunked, streaming = (result.row(s, 4) for s in ("lower", "chunked", "streaming"))
+    for row in (lower, chunked, streaming):
+        assert row.kept_tokens == pytest.approx(row.tokens_per_sample * row.samples, rel=0.01)
+        assert row.requests == round(row.requests_per_sample * row.samples)
+        assert row.client_cpu_s > 0 and row.client_us_per_kept > 0 and row.client_us_per_request > 0
+    # The bound keeps all it asks for; chunks throw away what lies past each cut.
+    assert lower.generated_per_kept == pytest.approx(1.0, abs=0.02)
+    assert chunked.generated_per_kept > 1.05
+    assert streaming.generated_tokens >= streaming.kept_tokens
+    head, rows = client_table(result)
+    assert len(rows) == 3 and "client us/kept token" in head
+    lines = dict(line.split() for line in client_lines(result))
+    assert float(lines["streaming_generated_per_kept_4"]) == pytest.approx(streaming.generated_per_kept, abs=1e-3)
+    assert {"lower_kept_tokens_per_s_4", "chunked_client_us_per_request_4"} <= set(lines)

@@ -386,6 +386,42 @@ class TestStreaming:
         assert streamed.stats.requests == len(streamed.spans)
         assert s2.aborted_streams + t2.aborted_streams >= streamed.stats.switches
 
+    def test_a_capped_stream_gives_the_same_data_as_an_unbounded_one_with_more_requests(self):
+        # A model that writes one fixed text (as a seeded model would): each prompt is continued
+        # from where its thinking ends, so the data depend only on where the cuts fall.
+        text = (
+            "Okay, so we add 17 and 25 to get 42 and then we verify it by subtracting 25 from 42 which "
+            "gives 17 back again as expected from the sum of both terms in the list. Wait, let me "
+            "check: 42 - 25 = 17 and 42 - 17 = 25 which matches the values given in the question. So "
+            "the sum holds.</think>"
+        )
+        doc = toks("|".join(text.replace(" ", "| ").split("|")))
+
+        def continue_text(request: GenerateRequest) -> list[str]:
+            if request.phase == "answer":
+                return ["42."]
+            thinking = request.prompt.text.split("<think>\n", 1)[1]
+            pos, i = 0, 0
+            while pos < len(thinking):
+                pos += len(doc[i])
+                i += 1
+            assert "".join(doc[:i]) == thinking
+            return doc[i:]
+
+        def spans(stream_tokens):
+            student, teacher = (ScriptedBackend(responder=continue_text) for _ in range(2))
+            engine = make_engine(student, teacher, streaming=True)
+            for role in engine.roles.values():
+                role.stream_tokens = stream_tokens
+            result = run(engine)
+            assert result.ok
+            return [(s.source, s.text) for s in result.spans], result.stats.requests
+
+        unbounded, few = spans(10_000)
+        capped, many = spans(6)
+        assert capped == unbounded and many > few
+        assert "".join(t for _, t in unbounded[:-1]) == text.removesuffix("</think>")
+
     def test_streaming_waits_for_the_lexicon_lookahead(self):
         # "let" alone is capability, "let me" is style: a streaming cut must not be decided on "let".
         student = ScriptedBackend.cycling(["Okay, so"], answers=["ok"])

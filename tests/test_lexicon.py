@@ -173,3 +173,38 @@ def test_settled_sees_a_phrase_begun_in_the_context(lex):
     # "let me see" may still go on ("let me seen": then "see" is not style): nothing settled yet.
     assert lex.settled(TextView.of("and then let"), toks(" me| see")) == 0
     assert lex.settled(TextView.of("and then let"), toks(" me| see|,| x")) == 4
+
+
+def _settled_by_scanning_every_phrase(lex: LexiconPredictor, context: TextView, pieces: list[str]) -> int:
+    """``settled`` as first written: every word start against every phrase."""
+    import re
+
+    from tessy.boundary.lexicon import _norm
+
+    text = context.tail(lex._longest) + "".join(pieces)
+    frontier = len(text)
+    for m in re.finditer(r"(?<!\w)\w", text):
+        rest = _norm(text[m.start() :])
+        if any(p.startswith(rest) and (len(p) > len(rest) or text[-1:].isalnum()) for p in lex.phrases):
+            frontier = m.start()
+            break
+    cut, n, pos = frontier - (len(text) - len("".join(pieces))), 0, 0
+    for piece in pieces:
+        pos += len(piece)
+        if pos > cut:
+            break
+        n += 1
+    return n
+
+
+def test_settled_agrees_with_a_scan_of_every_phrase_on_random_text() -> None:
+    import random
+
+    rng = random.Random(7)
+    words = ["let", "me", "see", "so", "sofa", "Okay", "x", "=", "2,", "on", "the", "other", "hand", "but", "if", "\n"]
+    lex = LexiconPredictor(phrases=["it's  fine"])
+    for _ in range(2000):
+        text = [rng.choice(words) + rng.choice(["", " ", "  ", "\n"]) for _ in range(rng.randint(1, 12))]
+        split = rng.randint(0, len(text))
+        context, pieces = TextView.of("".join(text[:split])), text[split:]
+        assert lex.settled(context, pieces) == _settled_by_scanning_every_phrase(lex, context, pieces)

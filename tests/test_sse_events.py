@@ -45,3 +45,32 @@ def test_an_event_that_cannot_be_split_keeps_its_text_and_is_counted():
     got, unsplit = deltas(event("2 + 3", [34, 1232, 216, 35], None), event("0", [32], None, "length"))
     assert [(d.pieces, d.token_ids) for d in got if d.pieces] == [(["2 + 3"], None), (["0"], [32])]
     assert unsplit == [4]
+
+
+def test_the_tokens_of_one_read_go_as_one_delta_and_keep_their_ids() -> None:
+    from tessy.backends.wire import merge_deltas
+
+    batch = [
+        StreamDelta(pieces=["a"], token_ids=[1]),
+        StreamDelta(pieces=[" b"], token_ids=[2]),
+        StreamDelta(pieces=[" c d"], token_ids=None),  # an event that could not be split
+        StreamDelta(pieces=["e"], token_ids=[5]),
+        StreamDelta(pieces=[], finish_reason="length"),
+    ]
+    merged = merge_deltas(batch)
+    assert [(d.pieces, d.token_ids, d.finish_reason) for d in merged] == [
+        (["a", " b"], [1, 2], None),
+        ([" c d"], None, None),
+        (["e"], [5], None),
+        ([], None, "length"),
+    ]
+    assert batch[0].pieces == ["a"]  # the deltas read are left as they were
+
+
+def test_a_stop_string_inside_a_merged_delta_keeps_the_ids_of_the_pieces_before_it() -> None:
+    from tessy.backends.wire import StopHold
+
+    held = StopHold(("</think>",))
+    out, hit = held.feed(StreamDelta(pieces=["x", " y", " </th", "ink>", " z"], token_ids=[1, 2, 3, 4, 5]))
+    assert hit == "</think>"
+    assert [(d.pieces, d.token_ids) for d in out] == [(["x", " y"], [1, 2]), ([" "], None)]

@@ -133,6 +133,7 @@ def build_role(name: Source, config: RoleConfig, *, backend: Backend | None = No
         format=build_format(config, tokenizer),
         predictor=build_predictor(config.predictor),
         chunk_tokens=config.chunk_tokens,
+        stream_tokens=config.stream_tokens,
         sampling=build_sampling(config.sampling),
         tokenizer=tokenizer,
     )

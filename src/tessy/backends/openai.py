@@ -41,10 +41,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, Literal, TypeVar
 
 import httpx
+import orjson
 
 from ..errors import BackendError, ConfigError
 from ..retry import Backoff, FailureBudget, call_with_retries
@@ -57,11 +59,13 @@ from .wire import (
     echo_scores,
     error_message,
     finish_of,
+    loads,
+    merge_deltas,
     prompt_usage,
     proven_stop,
     retry_after_of,
     retryable,
-    sse_deltas,
+    sse_batches,
     stop_reason_of,
     token_strings,
 )
@@ -74,6 +78,29 @@ ServerKind = Literal["vllm", "sglang", "llamacpp", "openai"]
 
 
 T = TypeVar("T")
+
+
+async def _merged(batches: AsyncGenerator[list[StreamDelta], None]) -> AsyncGenerator[StreamDelta, None]:
+    """The deltas of each read merged (:func:`merge_deltas`): a late reader handles a burst of
+    tokens in one step, not one step per token."""
+    async with aclosing(batches):
+        async for batch in batches:
+            for delta in merge_deltas(batch):
+                yield delta
+
+
+#: Completion requests per small client pool (see OpenAICompletionsBackend._completion_client).
+_SHARD_REQUESTS = 8
+
+
+def _busy(shard: list[Any]) -> int:
+    return int(shard[0])
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    """A request body as JSON bytes (``extra_body`` from YAML may have integer keys, as
+    ``logit_bias`` does: written as strings, as the standard encoder writes them)."""
+    return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
 
 
 class OpenAICompletionsBackend(Backend):
@@ -124,6 +151,8 @@ class OpenAICompletionsBackend(Backend):
             self._secret = key
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._client: httpx.AsyncClient | None = None
+        #: [requests in flight, client] per small pool (see _completion_client).
+        self._shards: list[list[Any]] = []
         #: Streamed tokens that came in events of several tokens that could not be split into
         #: tokens (no per-token text): their ids are lost and token-exact mode re-encodes them.
         self.unsplit_tokens = 0
@@ -132,14 +161,47 @@ class OpenAICompletionsBackend(Backend):
 
     @property
     def client(self) -> httpx.AsyncClient:
+        """The client of the requests besides completions (model lists, probes, scoring)."""
         if self._client is None:
-            limits = httpx.Limits(
-                max_connections=self.max_concurrency + 8, max_keepalive_connections=self.max_concurrency
-            )
-            self._client = httpx.AsyncClient(timeout=self._timeout, limits=limits, headers=self._headers)
+            limits = httpx.Limits(max_connections=_SHARD_REQUESTS + 8, max_keepalive_connections=_SHARD_REQUESTS)
+            self._client = self._new_client(limits)
         return self._client
 
+    def _new_client(self, limits: httpx.Limits) -> httpx.AsyncClient:
+        # Each client loads the system's CA certificates (tens of ms of CPU); plain-HTTP
+        # replicas never use them.
+        plain = all(ep.url.startswith("http://") for ep in self.pool.endpoints)
+        return httpx.AsyncClient(timeout=self._timeout, limits=limits, headers=self._headers, verify=not plain)
+
+    @asynccontextmanager
+    async def _completion_client(self) -> AsyncIterator[httpx.AsyncClient]:
+        """A client for one completion request (see :meth:`_take_shard`)."""
+        shard = self._take_shard()
+        try:
+            yield shard[1]
+        finally:
+            shard[0] -= 1
+
+    def _take_shard(self) -> list[Any]:
+        """The least busy of a few small clients, counted busy with one more request until the
+        caller counts it back (``shard[0] -= 1``); ``shard[1]`` is the client.
+
+        httpcore's pool looks at every connection and every queued request on each step of
+        each request (to assign, expire and release connections), so one pool of hundreds of
+        connections costs the client more CPU per request than the request itself. Pools of
+        :data:`_SHARD_REQUESTS` requests keep that cost small."""
+        if not self._shards:
+            n = max(1, -(-self.max_concurrency // _SHARD_REQUESTS))
+            limits = httpx.Limits(max_connections=_SHARD_REQUESTS + 4, max_keepalive_connections=_SHARD_REQUESTS + 4)
+            self._shards = [[0, self._new_client(limits)] for _ in range(n)]
+        shard = min(self._shards, key=_busy)
+        shard[0] += 1
+        return shard
+
     async def aclose(self) -> None:
+        shards, self._shards = self._shards, []
+        for _, client in shards:
+            await client.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -318,14 +380,15 @@ class OpenAICompletionsBackend(Backend):
     # -- generate ------------------------------------------------------------------------
 
     async def generate(self, request: GenerateRequest) -> Generation:
-        body = self._body(request, stream=False)
+        content = _dumps(self._body(request, stream=False))
 
         async def once(ep: Endpoint) -> Generation:
-            response = await self.client.post(f"{ep.url}/completions", json=body)
-            raw = await response.aread()
+            async with self._completion_client() as client:
+                response = await client.post(f"{ep.url}/completions", content=content)
+                raw = await response.aread()
             self._check_status(ep, response, raw)
             try:
-                data = json.loads(raw)
+                data = loads(raw)
                 choice = data["choices"][0]
                 text = choice["text"]
             except (ValueError, KeyError, IndexError, TypeError):
@@ -406,12 +469,12 @@ class OpenAICompletionsBackend(Backend):
     # -- stream --------------------------------------------------------------------------
 
     async def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamDelta, None]:
-        body = self._body(request, stream=True)
+        content = _dumps(self._body(request, stream=True))
         headers = {"Connection": "close"} if self.server == "llamacpp" else None
 
         async def once(ep: Endpoint) -> httpx.Response:
-            req = self.client.build_request("POST", f"{ep.url}/completions", json=body, headers=headers)
-            response = await self.client.send(req, stream=True)
+            req = client.build_request("POST", f"{ep.url}/completions", content=content, headers=headers)
+            response = await client.send(req, stream=True)
             if response.status_code >= 400:
                 raw = await response.aread()
                 await response.aclose()
@@ -420,14 +483,20 @@ class OpenAICompletionsBackend(Backend):
 
         # Retries and failover happen only before the first token; a stream that breaks later
         # raises, and the engine redoes the whole step.
-        response, retries = await self._with_retries(self._key(request), once)
+        shard = self._take_shard()
+        client: httpx.AsyncClient = shard[1]
+        try:
+            response, retries = await self._with_retries(self._key(request), once)
+        except BaseException:
+            shard[0] -= 1
+            raise
         got_any = False
         events = 0
         held = StopHold(request.stop)
         try:
-            async for delta in sse_deltas(response, self._unsplit_event):
+            async for delta in _merged(sse_batches(response, self._unsplit_event)):
                 got_any = got_any or bool(delta.pieces)
-                events += bool(delta.pieces)  # at least one token each
+                events += len(delta.pieces)  # at least one token each
                 if delta.pieces:
                     out, hit = held.feed(delta)
                     for ready in out:
@@ -465,4 +534,7 @@ class OpenAICompletionsBackend(Backend):
             raise BackendError(f"{self.model}: connection lost {where} a stream ({exc})", retryable=True) from exc
         finally:
             # Closing the response closes the connection, and the server aborts the request.
-            await response.aclose()
+            try:
+                await response.aclose()
+            finally:
+                shard[0] -= 1

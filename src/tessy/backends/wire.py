@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import httpx
+import orjson
 
 from ..errors import BackendError
 from ..text import open_stop
@@ -25,10 +26,13 @@ __all__ = [
     "echo_scores",
     "error_message",
     "finish_of",
+    "loads",
+    "merge_deltas",
     "prompt_usage",
     "proven_stop",
     "retry_after_of",
     "retryable",
+    "sse_batches",
     "sse_deltas",
     "stop_reason_of",
     "token_strings",
@@ -87,7 +91,18 @@ class StopHold:
             if pos + size <= end:
                 out.append(d)
             elif pos < end:
-                out.append(StreamDelta(pieces=["".join(d.pieces)[: end - pos]], token_ids=None))
+                # Whole pieces before the stop string keep their ids; the piece it begins in
+                # keeps its head, without an id.
+                whole = 0
+                while pos + len(d.pieces[whole]) <= end:
+                    pos += len(d.pieces[whole])
+                    whole += 1
+                if whole:
+                    ids = d.token_ids[:whole] if d.token_ids is not None else None
+                    out.append(StreamDelta(pieces=d.pieces[:whole], token_ids=ids))
+                if end > pos:
+                    out.append(StreamDelta(pieces=[d.pieces[whole][: end - pos]], token_ids=None))
+                break
             pos += size
         self.held = []
         return out
@@ -101,7 +116,18 @@ async def sse_deltas(
     response: httpx.Response, unsplit: Callable[[int], None] | None = None
 ) -> AsyncGenerator[StreamDelta, None]:
     """Deltas from an OpenAI-style SSE stream (``data: {...}`` events, then ``data: [DONE]``),
-    one token each.
+    one token each: :func:`sse_batches`, one delta at a time."""
+    async for batch in sse_batches(response, unsplit):
+        for delta in batch:
+            yield delta
+
+
+async def sse_batches(
+    response: httpx.Response, unsplit: Callable[[int], None] | None = None
+) -> AsyncGenerator[list[StreamDelta], None]:
+    """Deltas from an OpenAI-style SSE stream (``data: {...}`` events, then ``data: [DONE]``),
+    one token each, in a list per network read (so a client that reads late can take a burst
+    of events at once; see :func:`merge_deltas`).
 
     An event with several tokens (vLLM's ``--stream-interval`` > 1) is split back into its
     tokens by its per-token text (``logprobs.tokens``), each with its id. One that cannot be
@@ -112,63 +138,133 @@ async def sse_deltas(
     ``include_usage``) is read first: it is what proves an end-of-sequence token.
     """
     finished: StreamDelta | None = None
-    async for line in response.aiter_lines():
-        if not line.startswith("data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == "[DONE]":
-            break
-        try:
-            event = json.loads(payload)
-            choices = event.get("choices") or []
-            usage = event.get("usage") or {}
-            counted = usage.get("completion_tokens")
-        except (ValueError, AttributeError):
-            raise BackendError(f"malformed stream event: {payload[:200]!r}", retryable=True) from None
-        if finished is not None:
-            if isinstance(counted, int):
-                finished.completion_tokens = counted
-                finished.prompt_tokens, finished.cached_tokens = prompt_usage(usage)
-                break
-            continue
-        for choice in choices[:1]:
-            text = choice.get("text") or ""
-            ids = choice.get("token_ids")
-            ids = ids if isinstance(ids, list) and all(isinstance(i, int) for i in ids) else None
-            tokens = token_strings(choice.get("logprobs"))
-            if ids is not None and len(ids) > 1 and tokens is not None and len(tokens) == len(ids):
-                if choice.get("finish_reason") == "stop" and "".join(tokens[:-1]) == text:
-                    tokens, ids = tokens[:-1], ids[:-1]  # the end-of-sequence token, which has no text
-                if "".join(tokens) == text:
-                    for tok, tid in zip(tokens, ids, strict=True):
-                        yield StreamDelta(pieces=[tok], token_ids=[tid])
-                    text = ""
-            if text:
-                if ids is not None and len(ids) > 1:
-                    if unsplit is not None:
-                        unsplit(len(ids))
-                    yield StreamDelta(pieces=[text], token_ids=None)
-                else:
-                    yield StreamDelta(pieces=[text], token_ids=ids if ids is not None and len(ids) == 1 else None)
-            if choice.get("finish_reason") is not None:
-                reason = stop_reason_of(choice)
-                finished = StreamDelta(
-                    pieces=[],
-                    finish_reason=finish_of(choice["finish_reason"]),
-                    stop_reason=reason if isinstance(reason, str) else None,
-                    completion_tokens=counted if isinstance(counted, int) else None,
-                )
-                finished.prompt_tokens, finished.cached_tokens = prompt_usage(usage)
-                if isinstance(reason, int) and not isinstance(reason, bool):
-                    finished.completion_tokens = None
-                    finished.stop_reason = None
-                    yield StreamDelta(pieces=[], finish_reason=finished.finish_reason, stop_reason=TOKEN_STOP)
+    async for payloads in _data_batches(response):
+        out: list[StreamDelta] = []
+        for payload in payloads:
+            if payload == b"[DONE]":
+                if finished is not None:
+                    out.append(finished)
+                yield out
+                return
+            try:
+                event = loads(payload)
+                choices = event.get("choices") or []
+                usage = event.get("usage") or {}
+                counted = usage.get("completion_tokens")
+            except (ValueError, AttributeError):
+                if out:
+                    yield out  # what came before the malformed event, as it came
+                shown = payload[:200].decode("utf-8", "replace")
+                raise BackendError(f"malformed stream event: {shown!r}", retryable=True) from None
+            if finished is not None:
+                if isinstance(counted, int):
+                    finished.completion_tokens = counted
+                    finished.prompt_tokens, finished.cached_tokens = prompt_usage(usage)
+                    out.append(finished)
+                    yield out
                     return
-                if finished.finish_reason == "length" or finished.completion_tokens is not None:
-                    yield finished
-                    return
+                continue
+            for choice in choices[:1]:
+                text = choice.get("text") or ""
+                ids = choice.get("token_ids")
+                ids = ids if isinstance(ids, list) and all(isinstance(i, int) for i in ids) else None
+                tokens = token_strings(choice.get("logprobs")) if ids is not None and len(ids) > 1 else None
+                if ids is not None and tokens is not None and len(tokens) == len(ids):
+                    if choice.get("finish_reason") == "stop" and "".join(tokens[:-1]) == text:
+                        tokens, ids = tokens[:-1], ids[:-1]  # the end-of-sequence token, which has no text
+                    if "".join(tokens) == text:
+                        out.extend(
+                            StreamDelta(pieces=[tok], token_ids=[tid]) for tok, tid in zip(tokens, ids, strict=True)
+                        )
+                        text = ""
+                if text:
+                    if ids is not None and len(ids) > 1:
+                        if unsplit is not None:
+                            unsplit(len(ids))
+                        out.append(StreamDelta(pieces=[text], token_ids=None))
+                    else:
+                        out.append(
+                            StreamDelta(pieces=[text], token_ids=ids if ids is not None and len(ids) == 1 else None)
+                        )
+                if choice.get("finish_reason") is not None:
+                    reason = stop_reason_of(choice)
+                    finished = StreamDelta(
+                        pieces=[],
+                        finish_reason=finish_of(choice["finish_reason"]),
+                        stop_reason=reason if isinstance(reason, str) else None,
+                        completion_tokens=counted if isinstance(counted, int) else None,
+                    )
+                    finished.prompt_tokens, finished.cached_tokens = prompt_usage(usage)
+                    if isinstance(reason, int) and not isinstance(reason, bool):
+                        out.append(StreamDelta(pieces=[], finish_reason=finished.finish_reason, stop_reason=TOKEN_STOP))
+                        yield out
+                        return
+                    if finished.finish_reason == "length" or finished.completion_tokens is not None:
+                        out.append(finished)
+                        yield out
+                        return
+        if out:
+            yield out
     if finished is not None:
-        yield finished
+        yield [finished]
+
+
+def merge_deltas(batch: Sequence[StreamDelta]) -> list[StreamDelta]:
+    """Consecutive token deltas as one delta with all their pieces (and all their ids, where
+    each has its ids; pieces with ids and pieces without stay apart, so no id is lost); a delta
+    that ends the stream stays as it is."""
+    out: list[StreamDelta] = []
+    acc: StreamDelta | None = None
+    for d in batch:
+        if not d.pieces or d.finish_reason is not None:
+            acc = None
+            out.append(d)
+        elif acc is not None and (acc.token_ids is None) == (d.token_ids is None):
+            acc.pieces.extend(d.pieces)
+            if acc.token_ids is not None and d.token_ids is not None:
+                acc.token_ids.extend(d.token_ids)
+        else:
+            acc = StreamDelta(pieces=list(d.pieces), token_ids=_copy(d.token_ids))
+            out.append(acc)
+    return out
+
+
+def _copy(ids: list[int] | None) -> list[int] | None:
+    return list(ids) if ids is not None else None
+
+
+async def _data_batches(response: httpx.Response) -> AsyncGenerator[list[bytes], None]:
+    """The payloads of an SSE stream's ``data:`` lines (as bytes, stripped), a list per read.
+
+    Lines end in ``\n``, ``\r\n`` or a lone ``\r`` (all three are SSE line ends); bytes are
+    split as they come, with no text decoding: JSON is parsed from the bytes."""
+    buffer = b""
+    async for data in response.aiter_bytes():
+        buffer = buffer + data if buffer else data
+        if b"\r" in buffer:
+            # A lone CR may be the first half of a CRLF that the next read completes.
+            if buffer.endswith(b"\r"):
+                continue
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b"\n" not in buffer:
+            continue
+        *lines, buffer = buffer.split(b"\n")
+        batch = [line[5:].strip() for line in lines if line.startswith(b"data:")]
+        if batch:
+            yield batch
+    lines = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    batch = [line[5:].strip() for line in lines if line.startswith(b"data:")]
+    if batch:
+        yield batch
+
+
+def loads(data: bytes | str) -> Any:
+    """JSON from the wire: orjson, and the standard parser for what orjson refuses but Python
+    reads (``NaN``, ``Infinity``), so that a faster parser never turns a body into a fault."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def prompt_usage(usage: Any) -> tuple[int | None, int | None]:

@@ -12,11 +12,12 @@ from __future__ import annotations
 from .engine import SimEngine, SimParams, make_engines
 from .harness import BenchResult, BenchRow, run_bench
 from .model import Workload
-from .present import describe, ratio_lines, table, to_dict
+from .present import client_lines, client_table, describe, ratio_lines, table, to_dict
 from .server import SimServer, serve
-from .settings import FULL, QUICK, BenchConfig
+from .settings import CLIENT, FULL, QUICK, BenchConfig
 
 __all__ = [
+    "CLIENT",
     "FULL",
     "QUICK",
     "BenchConfig",
@@ -26,6 +27,8 @@ __all__ = [
     "SimParams",
     "SimServer",
     "Workload",
+    "client_lines",
+    "client_table",
     "describe",
     "make_engines",
     "ratio_lines",

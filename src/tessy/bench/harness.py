@@ -72,7 +72,31 @@ class BenchRow:
     cache_hit: float
     client_cpu: float
     ratio: float = float("nan")
+    #: Tokens in the written records (the lower bound: the tokens its requests returned).
+    kept_tokens: int = 0
+    #: Tokens the servers decoded, kept or not (past a cut, after an abort).
+    generated_tokens: int = 0
+    #: Requests the servers received.
+    requests: int = 0
+    #: CPU seconds of the client process (the servers' own CPU left out).
+    client_cpu_s: float = 0.0
     server: Stats = field(default_factory=dict)
+
+    @property
+    def kept_per_s(self) -> float:
+        return self.kept_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def client_us_per_kept(self) -> float:
+        return 1e6 * self.client_cpu_s / self.kept_tokens if self.kept_tokens else float("nan")
+
+    @property
+    def client_us_per_request(self) -> float:
+        return 1e6 * self.client_cpu_s / self.requests if self.requests else float("nan")
+
+    @property
+    def generated_per_kept(self) -> float:
+        return self.generated_tokens / self.kept_tokens if self.kept_tokens else float("nan")
 
 
 @dataclass
@@ -140,6 +164,9 @@ async def _measure(
         reprefill_per_sample=_total(server, "reprefilled_tokens") / n,
         cache_hit=_total(server, "cached_tokens") / prompt if prompt else 0.0,
         client_cpu=client_cpu / wall if wall > 0 else 0.0,
+        generated_tokens=int(_total(server, "decoded_tokens")),
+        requests=int(_total(server, "requests")),
+        client_cpu_s=client_cpu,
         server=server,
     )
     return row, outcomes
@@ -173,6 +200,7 @@ async def _lower_bound(target: Target, config: BenchConfig, samples: Sequence[Sa
     finally:
         await teacher.aclose()
     row.tokens_per_sample = sum(tokens) / len(samples)
+    row.kept_tokens = sum(tokens)
     return row
 
 
@@ -196,6 +224,7 @@ async def _tessy(
             logger.warning("bench sample %s failed: %s", r.sample.id, r.failure)
     row.failed = totals.n_failed
     row.tokens_per_sample = totals.total_tokens / max(1, totals.written)
+    row.kept_tokens = totals.total_tokens
     row.discarded_per_sample = totals.discarded_tokens / len(samples)
     return row
 

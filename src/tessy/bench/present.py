@@ -8,7 +8,7 @@ from typing import Any
 
 from .harness import BenchResult
 
-__all__ = ["describe", "ratio_lines", "table", "to_dict"]
+__all__ = ["client_lines", "client_table", "describe", "ratio_lines", "table", "to_dict"]
 
 _SETUP_NAMES = {
     "lower": "lower bound (teacher only)",
@@ -75,3 +75,52 @@ def ratio_lines(result: BenchResult) -> list[str]:
     keys = [(s, c) for c in levels for s in ("chunked", "streaming") if (s, c) != ("streaming", top)]
     keys.append(("streaming", top))
     return [f"ratio_{s}_{c} {result.ratio(s, c):.3f}" for s, c in keys]
+
+
+_CLIENT_COLUMNS = [
+    "setup",
+    "concurrent",
+    "kept tokens",
+    "kept tokens/s",
+    "client CPU s",
+    "requests",
+    "client us/kept token",
+    "client us/request",
+    "server generated / kept",
+]
+#: The short names of the setups in ``name value`` lines.
+_SHORT = {"lower": "lower", "chunked": "chunked", "streaming": "streaming"}
+
+
+def client_table(result: BenchResult) -> tuple[list[str], list[list[str]]]:
+    """The client's cost per setup: kept tokens per second, client CPU per kept token and per
+    request, and what the servers generated per kept token."""
+    rows = [
+        [
+            _SETUP_NAMES[r.setup].format(k=result.config.chunk_tokens),
+            str(r.concurrency),
+            str(r.kept_tokens),
+            f"{r.kept_per_s:.0f}",
+            f"{r.client_cpu_s:.2f}",
+            str(r.requests),
+            f"{r.client_us_per_kept:.1f}",
+            f"{r.client_us_per_request:.0f}",
+            f"{r.generated_per_kept:.3f}",
+        ]
+        for r in result.rows
+    ]
+    return list(_CLIENT_COLUMNS), rows
+
+
+def client_lines(result: BenchResult) -> list[str]:
+    """``<setup>_<figure>_<concurrency> <value>`` lines of :func:`client_table`'s figures."""
+    lines = []
+    for r in result.rows:
+        tag = f"{_SHORT[r.setup]}_{{}}_{r.concurrency}"
+        lines += [
+            f"{tag.format('kept_tokens_per_s')} {r.kept_per_s:.0f}",
+            f"{tag.format('client_us_per_kept_token')} {r.client_us_per_kept:.2f}",
+            f"{tag.format('client_us_per_request')} {r.client_us_per_request:.0f}",
+            f"{tag.format('generated_per_kept')} {r.generated_per_kept:.3f}",
+        ]
+    return lines

@@ -10,7 +10,7 @@ from ..config import SynthConfig, validate_config
 from .engine import SimParams
 from .model import Workload
 
-__all__ = ["FULL", "QUICK", "STUDENT_MODEL", "TEACHER_MODEL", "BenchConfig", "Transport", "synth_config"]
+__all__ = ["CLIENT", "FULL", "QUICK", "STUDENT_MODEL", "TEACHER_MODEL", "BenchConfig", "Transport", "synth_config"]
 
 Transport = Literal["http", "in-process"]
 #: The served model names (see :func:`tessy.bench.engine.make_engines`).
@@ -32,6 +32,8 @@ class BenchConfig:
     #: Replace the predictors' lookahead (tokens a streamed cut waits for past its next token);
     #: ``None`` keeps theirs. A sensitivity knob: the lexicon needs 5, a causal classifier 0.
     lookahead: int | None = None
+    #: Ask the servers for per-token text (``logprobs``); off, pieces are split on the client.
+    logprobs: bool = True
 
     def samples_at(self, concurrency: int) -> int:
         return max(self.min_samples, self.waves * concurrency)
@@ -45,6 +47,18 @@ class BenchConfig:
 #: Seconds on the virtual clock; about four minutes over HTTP in real time.
 QUICK = BenchConfig(waves=2, min_samples=3, workload=Workload((300, 600), (30, 60)))
 FULL = BenchConfig()
+#: The client's own cost: a fast server (2 ms decode steps, 0.2 ms front end per request, no
+#: per-sequence step cost) that one client process cannot outrun, 256 samples, 64 in flight, over
+#: HTTP with the server in its own process. Its rows tell client CPU per kept token and request.
+CLIENT = BenchConfig(
+    concurrency=(64,),
+    waves=4,
+    min_samples=256,
+    workload=Workload((300, 600), (30, 60)),
+    params=SimParams(decode_step_s=0.002, request_overhead_s=0.0002, decode_s_per_seq=0.0),
+    transport="http",
+    logprobs=False,
+)
 
 
 def synth_config(config: BenchConfig, url: str, *, streaming: bool, concurrency: int) -> SynthConfig:
@@ -65,6 +79,7 @@ def synth_config(config: BenchConfig, url: str, *, streaming: bool, concurrency:
             "chunk_tokens": config.chunk_tokens,
             "max_concurrency": concurrency,
             "sampling": {"seed": 0},
+            "logprobs": config.logprobs,
             "predictor": {"type": "lexicon", "lookahead": config.lookahead},
         }
 

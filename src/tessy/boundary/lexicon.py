@@ -124,6 +124,13 @@ class LexiconPredictor(NextTokenTypePredictor):
         self.lookahead = max(len(p.split()) for p in self.phrases) + 1 if lookahead is None else lookahead
         self.context_chars = _CONTEXT_CHARS
         self._longest = max(len(p) for p in self.phrases) + 1
+        # `settled` asks, per word start, whether the text from there starts a phrase: a set
+        # lookup instead of a scan of every phrase. Proper prefixes may still grow into a phrase;
+        # a whole phrase only while its last word may go on.
+        self._open_prefixes = frozenset(p[:i] for p in self.phrases for i in range(1, len(p)))
+        self._phrase_set = frozenset(self.phrases)
+        # A phrase's prefix has no more whitespace-separated words than the phrase.
+        self._most_words = max(len(p.split()) for p in self.phrases)
 
     def settled(self, context: TextView, pieces: Sequence[str]) -> int:
         """Pieces before the first place where a phrase may still be under way.
@@ -140,10 +147,14 @@ class LexiconPredictor(NextTokenTypePredictor):
         chunk = "".join(pieces)
         text = context.tail(self._longest) + chunk
         frontier = len(text)
-        for m in _WORD_START.finditer(text, max(0, len(text) - 4 * self._longest)):
+        # Word starts before the last `_most_words` words leave more words than any phrase has.
+        fields = text.rsplit(None, self._most_words)
+        first = len(fields[0]) if len(fields) > self._most_words else 0
+        ends_in_word = text[-1:].isalnum()
+        prefixes, whole = self._open_prefixes, self._phrase_set
+        for m in _WORD_START.finditer(text, max(first, len(text) - 4 * self._longest)):
             rest = _norm(text[m.start() :])
-            ends_in_word = text[-1:].isalnum()
-            if any(p.startswith(rest) and (len(p) > len(rest) or ends_in_word) for p in self.phrases):
+            if rest in prefixes or (ends_in_word and rest in whole):
                 frontier = m.start()
                 break
         cut = frontier - (len(text) - len(chunk))  # in chunk coordinates

@@ -255,7 +255,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     from .. import bench
 
-    config = bench.QUICK if args.quick else bench.FULL
+    config = bench.CLIENT if args.client else bench.QUICK if args.quick else bench.FULL
     params = config.params.with_overrides(json.loads(args.params)) if args.params else config.params
     if args.serve:
 
@@ -264,9 +264,11 @@ def _bench(args: argparse.Namespace) -> int:
 
         asyncio.run(bench.serve(args.host, args.port, params, config.workload, ready))
         return EXIT_OK
-    config = replace(config, transport=args.transport, params=params, lookahead=args.lookahead)
+    config = replace(config, transport=args.transport or config.transport, params=params, lookahead=args.lookahead)
     if args.concurrency:
         config = replace(config, concurrency=tuple(int(c) for c in args.concurrency.split(",")))
+    if args.samples:
+        config = replace(config, min_samples=args.samples, waves=1)
     result = bench.run_bench(config, progress=lambda r: console.print(f"[dim]{r.setup} at {r.concurrency}: done"))
     head, rows = bench.table(result)
     table = Table(title="tessy bench", caption=bench.describe(result))
@@ -277,7 +279,17 @@ def _bench(args: argparse.Namespace) -> int:
     print_table(table)
     if args.json:
         Path(args.json).write_text(json.dumps(bench.to_dict(result), indent=2) + "\n", encoding="utf-8")
-    for line in bench.ratio_lines(result):
+    lines = bench.ratio_lines(result)
+    if args.client:
+        head, rows = bench.client_table(result)
+        table = Table(title="the client's cost", caption="client CPU excludes the server's process")
+        for col in head:
+            table.add_column(col, justify="left" if col == "setup" else "right")
+        for row in rows:
+            table.add_row(*row)
+        print_table(table)
+        lines += bench.client_lines(result)
+    for line in lines:
         print(line)
     return EXIT_OK
 
@@ -394,8 +406,17 @@ def register(sub: Any, **common: Any) -> None:
     ben = sub.add_parser("bench", help="benchmark TESSY against a simulated vLLM-like server (or serve it)", **common)
     ben.add_argument("--quick", action="store_true", help="shorter responses and fewer samples")
     ben.add_argument(
-        "--transport", choices=["http", "in-process"], default="in-process", help="how to reach the servers"
+        "--client",
+        action="store_true",
+        help="the client's own cost over HTTP against a fast server (CPU per kept token and request, "
+        "server-generated per kept token)",
     )
+    ben.add_argument(
+        "--transport",
+        choices=["http", "in-process"],
+        help="how to reach the servers (default: in-process; http with --client)",
+    )
+    ben.add_argument("--samples", type=int, help="samples per concurrency level (default: the preset's)")
     ben.add_argument("--concurrency", help="samples in flight, comma-separated (default: 1,16,64)")
     ben.add_argument("--lookahead", type=int, help="override the predictors' streaming lookahead (sensitivity)")
     ben.add_argument("--params", help="JSON overrides of the simulated cost model (tessy.bench.SimParams)")

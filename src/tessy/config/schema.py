@@ -174,6 +174,14 @@ class RoleBase(_Model):
     )
     system_prompt: str | None = Field(None, description="System message added when the input has none.")
     chunk_tokens: int = Field(20, ge=1, description="k: tokens a role writes before its predictor looks.")
+    stream_tokens: int | None = Field(
+        None,
+        ge=2,
+        description="With streaming: the most tokens one stream asks for. A stream that reaches it with no "
+        "boundary keeps its settled text and the role streams on, so a stream the client stops late wastes at "
+        "most this many tokens. Default: 4 x chunk_tokens.",
+        json_schema_extra=HASHED_WHEN_SET,
+    )
     predictor: PredictorConfig = Field(default_factory=LexiconPredictorConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     max_concurrency: int = Field(

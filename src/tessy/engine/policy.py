@@ -12,7 +12,10 @@ from ..formats import Format
 from ..records import Source
 from ..tokenizers import Tokenizer
 
-__all__ = ["Limits", "RepetitionGuard", "Role"]
+__all__ = ["STREAM_CHUNKS", "Limits", "RepetitionGuard", "Role"]
+
+#: A stream asks for this many chunks' worth of tokens unless its role says otherwise.
+STREAM_CHUNKS = 4
 
 
 @dataclass
@@ -27,10 +30,19 @@ class Role:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     #: The model's tokenizer; with a backend that takes token ids, prompts are kept as ids.
     tokenizer: Tokenizer | None = None
+    #: The most tokens one stream asks for (``None``: :data:`STREAM_CHUNKS` chunks' worth).
+    stream_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_tokens < 1:
             raise ValueError(f"{self.name}: chunk_tokens must be at least 1")
+        if self.stream_tokens is not None and self.stream_tokens < 2:
+            raise ValueError(f"{self.name}: stream_tokens must be at least 2")
+
+    @property
+    def stream_cap(self) -> int:
+        """The ``max_tokens`` of a stream: what a stream stopped late can waste at most."""
+        return self.stream_tokens if self.stream_tokens is not None else STREAM_CHUNKS * self.chunk_tokens
 
     @property
     def token_exact(self) -> bool:

@@ -21,13 +21,13 @@ rule 4 (:meth:`SampleRun._apply_cut`).
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing
+from typing import Any
 
 from ..backends.base import Backend, GenerateRequest, Generation, Prompt
 from ..boundary.base import CutQuery
@@ -78,7 +78,7 @@ class SampleRun:
         mode: Mode,
         limits: Limits,
         streaming: bool,
-        slot: Callable[[Backend], asyncio.Semaphore],
+        slot: Callable[[Backend], AbstractAsyncContextManager[Any]],
     ) -> None:
         self.sample = sample
         self.roles = roles
@@ -293,6 +293,10 @@ class SampleRun:
         """One span by streaming: read tokens until a final cut plus its word end, then stop."""
         fmt = role.format
         predictor = role.predictor
+        # A stream asks for at most the role's cap: one the client stops late (a busy event loop)
+        # runs on for no more than that. Reaching the cap is no end of anything (a "seam").
+        capped = role.stream_cap < max_tokens
+        max_tokens = min(max_tokens, role.stream_cap)
         request = self._request(role, self._context(role).prompt(), max_tokens, fmt.think_stop)
         pieces: list[str] = []
         ids: list[int] | None = [] if role.token_exact else None  # the ids of whole pieces
@@ -332,10 +336,15 @@ class SampleRun:
                 done = ended or delta.finish_reason is not None
                 if self.handoff is not None and pieces and self._glued(role, pieces, len(pieces)):
                     return _Step.CONTINUE  # the stream is closed on leaving the block
+                seam = capped and delta.finish_reason == "length" and not ended
                 if cut is None:
                     context = self.thinking.view().extended(tail_of(pieces, checked, predictor.context_chars))
-                    # A cut at j is final once piece j + 1 can no longer change type.
-                    final = len(pieces) - 1 if done else checked + predictor.settled(context, pieces[checked:]) - 2
+                    # A cut at j is final once piece j + 1 can no longer change type; at a seam the
+                    # text goes on in the next stream, so only settled pieces are judged.
+                    if done and not seam:
+                        final = len(pieces) - 1
+                    else:
+                        final = checked + predictor.settled(context, pieces[checked:]) - 2
                     if ended:
                         final = min(final, len(pieces) - 2)
                     if final >= checked:
@@ -349,7 +358,15 @@ class SampleRun:
                 if done:
                     break
         self.stats.discarded_tokens += after
-        if finish == "length" and not ended and cut is None:
+        if capped and finish == "length" and not ended and cut is None:
+            # A seam: keep what was judged (no cut in it), short of a possible end-marker start;
+            # the rest is written again by the next stream, as k = infinity would have it.
+            keep = min(checked, len(pieces) - open_tail(pieces, fmt.think_stop))
+            if keep > 0:
+                self.stats.discarded_tokens += len(pieces) - keep
+                self._keep(role, Chunk(pieces, ids).head(keep))
+                return _Step.CONTINUE
+        elif finish == "length" and not ended and cut is None:
             held = open_tail(pieces, fmt.think_stop)
             if held:
                 # The budget ran out on what may be the start of the end marker: drop it, end thinking.

@@ -16,18 +16,26 @@ import asyncio
 import logging
 import traceback
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
+from typing import Any
 
 from ..backends.base import Backend
 from ..errors import OutageError
 from ..records import Failure, Mode, Sample, SampleResult, SampleStats, Source
 from ..workers import map_unordered
+from .pacing import Pacer
 from .policy import Limits, Role
 from .sample import SampleRun
 
 __all__ = ["Engine"]
 
 logger = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def _paced(pacer: Pacer, sem: asyncio.Semaphore) -> AsyncIterator[None]:
+    async with pacer, sem:
+        yield
 
 
 class Engine:
@@ -41,6 +49,7 @@ class Engine:
         mode: Mode | str = Mode.TESSY,
         limits: Limits | None = None,
         streaming: bool = False,
+        pacer: Pacer | None = None,
     ) -> None:
         if teacher.name != "teacher" or student.name != "student":
             raise ValueError("the roles must be named 'teacher' and 'student'")
@@ -54,6 +63,9 @@ class Engine:
                 if not backend.supports_streaming:
                     raise ValueError(f"streaming is on but the {name}'s backend {type(backend).__name__} cannot stream")
         self._slots: dict[int, asyncio.Semaphore] = {}
+        #: Bounds requests in flight while the event loop lags (``None``: only the backends'
+        #: own limits). Streams need it most: a late reader is a late abort.
+        self.pacer = pacer if pacer is not None else (Pacer() if streaming else None)
 
     async def __aenter__(self) -> Engine:
         return self
@@ -70,12 +82,13 @@ class Engine:
                     closed.add(id(thing))
                     await thing.aclose()
 
-    def slot(self, backend: Backend) -> asyncio.Semaphore:
-        """The semaphore that bounds in-flight requests on ``backend``."""
+    def slot(self, backend: Backend) -> AbstractAsyncContextManager[Any]:
+        """What a request on ``backend`` holds while in flight: the pacer's admission, then the
+        backend's semaphore."""
         sem = self._slots.get(id(backend))
         if sem is None:
             sem = self._slots[id(backend)] = asyncio.Semaphore(backend.max_concurrency)
-        return sem
+        return sem if self.pacer is None else _paced(self.pacer, sem)
 
     @asynccontextmanager
     async def session(self, sample_id: str) -> AsyncIterator[None]:

@@ -17,11 +17,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tessy"
 #: import its own layer and the ones below. Within a layer the cycle check keeps order.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "text", "version", "records", "jsonl", "retry", "workers", "prompts"),
-    ("backends", "boundary", "hf", "models", "tokenizers", "formats", "scoring", "view", "fakes"),
+    ("backends", "boundary", "hf", "models", "tokenizers", "formats", "scoring", "view", "fakes", "verify"),
     ("config",),
     ("engine",),
     ("build",),
-    ("data", "synth", "report", "export", "demo", "bench", "predictor", "check"),
+    ("data", "synth", "report", "export", "demo", "bench", "predictor", "check", "verify_run"),
     ("cli",),
 )
 

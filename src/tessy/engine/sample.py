@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import aclosing
+from dataclasses import replace
 
 from ..backends.base import Backend, GenerateRequest, Generation, Prompt
 from ..boundary.base import CutQuery
@@ -393,7 +394,7 @@ class SampleRun:
             prompt=prompt,
             max_tokens=max_tokens,
             stop=stop,
-            sampling=role.sampling,
+            sampling=role.sampling if self.sample.seed is None else replace(role.sampling, seed=self.sample.seed),
             sample_id=self.sample.id,
             role=role.name,
             phase=phase,

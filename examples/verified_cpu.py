@@ -39,11 +39,7 @@ def main() -> None:
         wall = time.perf_counter() - started
         # Filter: the samples whose answer passed (a run keeps every sample it drew).
         passed = args.out / f"{mode}.passed.jsonl"
-        kept = [
-            r.to_json()
-            for r in tessy.read_records(run)
-            if r.verification is not None and r.verification.passed
-        ]
+        kept = [r.to_json() for r in tessy.read_records(run) if r.verification is not None and r.verification.passed]
         write_atomic(passed, kept)
         export_run(passed, "trl", args.out / f"{mode}.trl.jsonl")
         tally = summary.verification

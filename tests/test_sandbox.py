@@ -94,13 +94,7 @@ def test_a_sleeping_program_and_its_children_are_killed_at_the_wall_timeout(mach
 
 
 def test_a_fork_bomb_ends_at_the_process_limit(machine_left_as_it_was: None) -> None:
-    program = (
-        "import os, time\n"
-        "while True:\n"
-        "    if os.fork() == 0:\n"
-        "        time.sleep(600)\n"
-        "        os._exit(0)\n"
-    )
+    program = "import os, time\nwhile True:\n    if os.fork() == 0:\n        time.sleep(600)\n        os._exit(0)\n"
     result = run(program)
     assert result.ran and not result.passed
     assert result.reason.startswith("process limit")

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from tessy import ConfigError, Record, SampleStats, Span, load_config
-from tessy.records import Verification
 from tessy.build import build_verifier
 from tessy.cli import main
 from tessy.config import VerifyConfig
+from tessy.records import Verification
 from tessy.verify import CodeVerifier, MathVerifier, PassTally, Sandbox, SandboxLimits, find_bwrap, last_code_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +151,9 @@ def broken_verifier(rec: Record, fields: dict[str, Any]) -> bool:
 
 def test_a_users_function_is_a_verifier_and_its_crash_is_not_a_wrong_answer() -> None:
     mine = build_verifier(VerifyConfig(kind="test_verify:even_attempts_pass"))
-    assert verdict(mine, record("a", rid="p#2")) == Verification("test_verify:even_attempts_pass", True, 0.2, "attempt 2")
+    assert verdict(mine, record("a", rid="p#2")) == Verification(
+        "test_verify:even_attempts_pass", True, 0.2, "attempt 2"
+    )
     crashed = verdict(build_verifier(VerifyConfig(kind="test_verify:broken_verifier")), record("a"))
     assert crashed.passed is None and "RuntimeError: the checker crashed" in crashed.detail
 
@@ -213,3 +215,11 @@ def test_a_verify_section_left_unset_keeps_the_config_hash() -> None:
     # how many programs run at once does not change the data
     a = load_config(OFFLINE, {"verify": {"kind": "code", "concurrency": 1}}).config_hash()
     assert a == load_config(OFFLINE, {"verify": {"kind": "code", "concurrency": 8}}).config_hash()
+
+
+def never_passes(rec: Record, fields: dict[str, Any]) -> bool:
+    return False
+
+
+def third_attempt_passes(rec: Record, fields: dict[str, Any]) -> bool:
+    return rec.id.endswith("#2")

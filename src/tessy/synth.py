@@ -13,6 +13,13 @@ The library's face, for scripts and notebooks alike::
 
 :func:`synthesize` works in a script and inside a running event loop (Jupyter): there it runs
 the synthesis on a loop of its own in a worker thread. In a coroutine, ``await asynthesize``.
+
+With ``verify:`` each finished record is verified before it is written. With
+``samples_per_prompt: n`` (or ``max_attempts``) a prompt is drawn several times: sample k is
+``ID#k``, drawn with its own seed, and resumed on its own. ``keep: first-passing`` draws a
+prompt's samples in rounds until n have passed (or ``max_attempts`` are drawn); ``keep: best``
+draws ``max_attempts`` and keeps the n best. Every sample drawn is written, ``kept`` saying
+which ones the run keeps, so that pass@n can be counted and nothing is lost.
 """
 
 from __future__ import annotations
@@ -207,6 +214,8 @@ class Synthesis:
             self.summary.total = count_prompts(PromptSource.of(self.prompts), config.limit)
         elif self._progress is not None and hasattr(self.prompts, "__len__"):
             self.summary.total = min(len(self.prompts), config.limit or len(self.prompts))  # type: ignore[arg-type]
+        if self.summary.total is not None and (config.keep or "all") == "all":
+            self.summary.total *= config.attempts  # progress counts samples: n per prompt
         try:
             if self._engine is None:
                 self._engine = build_engine(config)

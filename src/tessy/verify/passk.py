@@ -91,6 +91,6 @@ class PassTally:
             "prompts": len(self._prompts),
             "n": self.n,
             "pass@1": round(self.pass_at_1, 4),
-            f"pass@{self.n}": round(self.pass_at_n, 4),
+            **({f"pass@{self.n}": round(self.pass_at_n, 4)} if self.n > 1 else {}),
             "kept": self.kept,
         }

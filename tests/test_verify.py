@@ -194,6 +194,11 @@ def test_tessy_verify_judges_a_finished_run_into_a_new_file_and_resumes(tmp_path
     by_id = {r["id"]: r["verification"] for r in lines}
     assert by_id["q0"]["passed"] is False and by_id["q0"]["kind"] == "math"
     assert by_id["q2"]["passed"] is None  # no reference: not judged
+    # the verified file's config is the run's, with the verify section used
+    saved = json.loads((tmp_path / "run.verified.config.json").read_text())
+    run_saved = json.loads((tmp_path / "run.config.json").read_text())
+    assert saved["config_hash"] == run_saved["config_hash"] and saved["config"]["verify"]["kind"] == "math"
+    assert saved["config"]["teacher"] == run_saved["config"]["teacher"]
     summary = json.loads((tmp_path / "run.verified.summary.json").read_text())
     assert summary["verified"] == 3 and summary["verification"]["unjudged"] == 1
     # run again: every record is in the output already

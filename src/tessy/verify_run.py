@@ -67,14 +67,22 @@ def verified_path(run: Path) -> Path:
     return run.with_name(f"{stem}.verified.jsonl")
 
 
-def _run_config(run: Path) -> dict[str, Any]:
-    path = sidecar_paths(run)[1]
+def _saved(run: Path) -> dict[str, Any]:
+    """``RUN.config.json``: the run's resolved config and its hash (empty when absent)."""
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = json.loads(sidecar_paths(run)[1].read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    config = saved.get("config") if isinstance(saved, dict) else None
+    return saved if isinstance(saved, dict) else {}
+
+
+def _run_config(run: Path) -> dict[str, Any]:
+    config = _saved(run).get("config")
     return config if isinstance(config, dict) else {}
+
+
+def _run_hash(run: Path) -> str:
+    return str(_saved(run).get("config_hash") or "")
 
 
 def resolve_verify_config(
@@ -113,10 +121,13 @@ async def averify_run(
     summary = VerifySummary(run, output, config, tally=PassTally(n=attempts, adaptive=adaptive))
     started = time.perf_counter()
     verifier = build_verifier(config)
+    # The output's config is the run's (so that check, report and export read it as they read the
+    # run), with the verify section used; its hash stays the run's, which its records carry.
+    saved = _run_config(run)
     store = OutputStore.open(
         output,
-        config={"verify": config.model_dump(mode="json"), "source": str(run)},
-        config_hash="",
+        config={**saved, "verify": config.model_dump(mode="json")},
+        config_hash=_run_hash(run),
         allow_config_change=True,
     )
     damaged: list[int] = []

@@ -300,12 +300,12 @@ class Sandbox:
         async def drain(stream: asyncio.StreamReader, name: str) -> bytes:
             data = bytearray()
             while chunk := await stream.read(65536):
-                data += chunk
-                if len(data) > lim.output_bytes:
-                    over.append(name)
-                    _kill_group(proc.pid)
-                    return bytes(data[: lim.output_bytes])
-            return bytes(data)
+                if len(data) <= lim.output_bytes:
+                    data += chunk
+                    if len(data) > lim.output_bytes:
+                        over.append(name)
+                        _kill_group(proc.pid)  # then read on to the end (soon: all are killed), keeping nothing
+            return bytes(data[: lim.output_bytes])
 
         tasks = asyncio.gather(feed(), drain(proc.stdout, "stdout"), drain(proc.stderr, "stderr"), proc.wait())
         timed_out = False
@@ -316,6 +316,9 @@ class Sandbox:
             _kill_group(proc.pid)
             await proc.wait()
             out, err = b"", b""
+            # Read the pipes to their end (every process that held them is dead), so that they close.
+            with contextlib.suppress(asyncio.TimeoutError, OSError):
+                await asyncio.wait_for(asyncio.gather(proc.stdout.read(), proc.stderr.read()), 5)
         return _Raw(proc.returncode, out, err, timed_out, over[0] if over else None)
 
 

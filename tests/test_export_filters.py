@@ -118,7 +118,19 @@ def test_a_datasets_folder_export_has_the_same_schema(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run.jsonl", [record("a", answer="7", fields="clash"), record("b")])
     folder = export_run(run, "parquet", tmp_path / "hf").path
     ds = datasets.load_from_disk(str(folder))
-    assert ds.column_names[:8] == ["id", "messages", "spans", "stats", "mode", "config_hash", "verification", "fields"]
+    assert ds.column_names[:11] == [
+        "id",
+        "messages",
+        "spans",
+        "stats",
+        "mode",
+        "config_hash",
+        "verification",
+        "prompt_id",
+        "seed",
+        "kept",
+        "fields",
+    ]
     # An input field named like a record column gets its own, prefixed, column.
     assert ds["input.fields"] == ["clash", None] and ds["answer"] == ["7", None]
     assert (folder / "README.md").is_file()
@@ -196,3 +208,28 @@ def test_push_to_hub_uploads_the_export_and_its_card_in_one_commit(
         export_run(mixed, "trl", tmp_path / "t.jsonl", push_to="no-owner")
     with pytest.raises(ConfigError, match="Parquet file"):
         export_run(mixed, "parquet", tmp_path / "folder", push_to="me/x")
+
+
+def test_samples_rejection_sampling_did_not_keep_are_left_out_unless_asked_for() -> None:
+    from dataclasses import replace
+
+    from tessy.export.filters import RecordFilter
+
+    base = record("p#0")
+    kept, rejected, unmarked = replace(base, kept=True), replace(base, id="p#1", kept=False), replace(base, id="q")
+    default = RecordFilter()
+    assert [default.reason(r) for r in (kept, rejected, unmarked)] == [None, "rejected", None]
+    assert "1 left out: rejection sampling did not keep the sample (kept: false)" in default.summary()
+    assert RecordFilter(ExportFilters(include_rejected=True)).reason(rejected) is None
+
+
+def test_a_parquet_export_keeps_each_samples_prompt_seed_and_whether_it_was_kept(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from tessy.records import SampleStats
+
+    drawn = replace(record("p#1"), prompt_id="p", seed=8, kept=True, stats=SampleStats(glued_handoffs=2))
+    run = write_run(tmp_path / "run.jsonl", [record("a"), drawn])
+    ds = load_parquet([export_run(run, "parquet", tmp_path / "run.parquet").path], tmp_path / "cache")
+    assert [(r["prompt_id"], r["seed"], r["kept"]) for r in ds] == [(None, None, None), ("p", 8, True)]
+    assert [r["stats"]["glued_handoffs"] for r in ds] == [None, 2]

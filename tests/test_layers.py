@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tessy"
 #: import its own layer and the ones below. Within a layer the cycle check keeps order.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "text", "version", "records", "jsonl", "retry", "workers", "prompts", "presets", "shard"),
-    ("backends", "boundary", "hf", "models", "tokenizers", "formats", "scoring", "view", "fakes"),
+    ("backends", "boundary", "hf", "models", "tokenizers", "formats", "scoring", "view", "fakes", "verify"),
     ("config",),
     ("engine",),
     ("build",),
@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "predictor",
         "check",
         "compare",
+        "verify_run",
     ),
     ("cli",),
 )

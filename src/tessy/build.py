@@ -15,12 +15,13 @@ from pydantic import BaseModel
 
 from .backends.base import Backend, SamplingParams
 from .boundary.base import BoundaryPredictor
-from .config import GuardsConfig, PredictorConfig, RoleConfig, SamplingConfig, SynthConfig
+from .config import GuardsConfig, PredictorConfig, RoleConfig, SamplingConfig, SynthConfig, VerifyConfig
 from .engine import Engine, Limits, RepetitionGuard, Role
 from .errors import ConfigError
 from .formats import Format, get_format
 from .records import Source
 from .tokenizers import Tokenizer, load_tokenizer
+from .verify import Verifier
 
 __all__ = [
     "build_backend",
@@ -31,6 +32,7 @@ __all__ = [
     "build_role",
     "build_sampling",
     "build_tokenizer",
+    "build_verifier",
     "sampling_role_config",
 ]
 
@@ -177,3 +179,24 @@ def sampling_role_config(config: RoleConfig) -> RoleConfig:
     if config.backend == "llamacpp" and config.n_threads is None:
         update["n_threads"] = os.cpu_count() or 1
     return config.model_copy(update=update)
+
+
+def build_verifier(config: VerifyConfig | None) -> Verifier:
+    """The verifier a ``verify:`` section asks for (``none`` without one)."""
+    from . import verify
+
+    if config is None or config.kind == "none":
+        return verify.NoVerifier()
+    if config.kind == "math":
+        return verify.MathVerifier(answer_field=config.answer_field)
+    if config.kind == "code":
+        limits = verify.SandboxLimits(
+            wall_s=config.timeout_s,
+            **_settings(config, "cpu_s", "memory_mb", "file_size_mb", "folder_mb", "max_processes", "output_bytes"),
+        )
+        sandbox = verify.Sandbox(limits, concurrency=config.concurrency, python=config.python)
+        return verify.CodeVerifier(
+            sandbox,
+            **_settings(config, "test_field", "entry_point_field", "inputs_field", "outputs_field"),
+        )
+    return verify.FunctionVerifier(verify.load_function(config.kind), config.kind)

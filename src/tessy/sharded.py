@@ -54,6 +54,7 @@ from .prompts import Prompts, PromptSource
 from .records import FailureRecord, Record
 from .shard import Shard, shard_of, shard_output, shard_outputs
 from .synth import Progress, RunSummary, Synthesis, count_prompts
+from .verify import PassTally
 
 __all__ = ["Launcher", "ProcessLauncher", "ShardJob", "run_shard", "run_sharded", "split_config"]
 
@@ -224,6 +225,8 @@ class _Merger:
                 counts["bad_lines"] += 1
             else:
                 summary.add(record)
+                if summary.verification is not None and isinstance(record, Record):
+                    summary.verification.add(record)
                 counts["failed" if failures else "written"] += 1
 
     def recover(self, config: SynthConfig) -> None:
@@ -278,6 +281,11 @@ def _by_shard(ids: Iterable[str], count: int) -> list[list[str]]:
 
 
 def _check_shared_servers(config: SynthConfig) -> None:
+    if (config.keep or "all") != "all":
+        raise ConfigError(
+            f"keep: {config.keep} decides among a prompt's samples as they finish, in one process: run it "
+            "without --workers / --ray (or with keep: all, which shards: every sample is written and verified)"
+        )
     for name, role in (("teacher", config.teacher), ("student", config.student)):
         if role.backend not in SHARED_BACKENDS:
             raise ConfigError(
@@ -323,6 +331,8 @@ def run_sharded(
     summary = RunSummary(
         config_hash=config_hash, output=out, failed_path=store.failed_path, max_failure_rate=config.max_failure_rate
     )
+    if config.verify is not None and config.verify.kind != "none":  # pass rates, as one process sums them
+        summary.verification = PassTally(n=config.attempts)
     merger = _Merger(store, summary)
     outputs = [shard_output(out, index) for index in range(count)]
     errors: dict[int, str] = {}

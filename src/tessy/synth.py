@@ -13,6 +13,13 @@ The library's face, for scripts and notebooks alike::
 
 :func:`synthesize` works in a script and inside a running event loop (Jupyter): there it runs
 the synthesis on a loop of its own in a worker thread. In a coroutine, ``await asynthesize``.
+
+With ``verify:`` each finished record is verified before it is written. With
+``samples_per_prompt: n`` (or ``max_attempts``) a prompt is drawn several times: sample k is
+``ID#k``, drawn with its own seed, and resumed on its own. ``keep: first-passing`` draws a
+prompt's samples in rounds until n have passed (or ``max_attempts`` are drawn); ``keep: best``
+draws ``max_attempts`` and keeps the n best. Every sample drawn is written, ``kept`` saying
+which ones the run keeps, so that pass@n can be counted and nothing is lost.
 """
 
 from __future__ import annotations
@@ -22,20 +29,23 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from contextlib import aclosing
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .build import build_engine
+from .build import build_engine, build_verifier
 from .config import SynthConfig, load_config
 from .data import OutputStore
 from .engine import Engine
 from .errors import ConfigError, DataError
 from .prompts import BadLine, Prompts, PromptSource, iter_samples
-from .records import FailureRecord, Record, RunStats, Sample, read_records
+from .records import FailureRecord, Record, RunStats, Sample, SampleResult, read_records
 from .records.sample import ratio
 from .shard import Shard
+from .verify import PassTally, Verifier, attempt_index
+from .workers import map_unordered
 
 __all__ = ["RunSummary", "Synthesis", "asynthesize", "count_prompts", "synthesize"]
 
@@ -65,6 +75,8 @@ class RunSummary(RunStats):
     max_failure_rate: float = 0.5
     #: ``None`` while running or after a clean end; else why the run stopped early.
     error: str | None = None
+    #: Verdicts, pass@1 and pass@n of the output's records (earlier runs' too), with a verifier.
+    verification: PassTally | None = None
 
     @property
     def processed(self) -> int:
@@ -124,6 +136,7 @@ class RunSummary(RunStats):
             "tokens_per_s": round(self.tokens_per_s, 2),
             "samples_per_s": round(self.samples_per_s, 3),
             "wall_s": round(self.wall_s, 3),
+            **({"verification": self.verification.to_dict()} if self.verification is not None else {}),
         }
 
 
@@ -178,6 +191,12 @@ class Synthesis:
         self._store: OutputStore | None = None
         self._started = 0.0
         self._iterator: AsyncGenerator[Record, None] | None = None
+        verify = self.config.verify
+        self._verifier: Verifier | None = None if verify is None or verify.kind == "none" else build_verifier(verify)
+        if self._verifier is not None:
+            self.summary.verification = PassTally(n=self.config.attempts, adaptive=self.config.keep == "first-passing")
+        #: Per prompt of an earlier run (several samples per prompt): its attempts and kept samples.
+        self._earlier: dict[str, tuple[set[int], int]] = {}
 
     async def __aenter__(self) -> Synthesis:
         config, data = self.config, self.config.data
@@ -199,10 +218,13 @@ class Synthesis:
             if self.shard is not None:  # what the merged output of a sharded run holds counts as done
                 self._store.done_ids |= self.shard.done
                 self._store.failed_ids |= self.shard.failed
+            self._read_earlier(self.output)
         if self._progress is not None and isinstance(self.prompts, (str, Path, PromptSource)):
             self.summary.total = count_prompts(PromptSource.of(self.prompts), config.limit)
         elif self._progress is not None and hasattr(self.prompts, "__len__"):
             self.summary.total = min(len(self.prompts), config.limit or len(self.prompts))  # type: ignore[arg-type]
+        if self.summary.total is not None and (config.keep or "all") == "all":
+            self.summary.total *= config.attempts  # progress counts samples: n per prompt
         try:
             if self._engine is None:
                 self._engine = build_engine(config)
@@ -230,6 +252,8 @@ class Synthesis:
                     self._store.write_summary(self.summary.to_dict())
             finally:
                 self._close_store()
+                if self._verifier is not None:
+                    await self._verifier.aclose()
                 if self._owned and self._engine is not None:
                     await self._engine.aclose()
         logger.info("run finished: %s", self.summary.to_dict())
@@ -243,21 +267,137 @@ class Synthesis:
         return self._iterator
 
     async def _records(self, engine: Engine) -> AsyncGenerator[Record, None]:
-        config, summary, store = self.config, self.summary, self._store
-        mode, config_hash = config.mode, summary.config_hash
-        async for result in engine.run(self._samples(), max_in_flight=config.max_in_flight):
-            # One record per result, written (where there is an output) and then handed out.
-            record = (Record if result.ok else FailureRecord).from_result(result, config_hash, mode)
-            if store is not None:
-                store.write_record(record)
-            summary.add(result)
-            summary.wall_s = time.perf_counter() - self._started
-            if self._progress is not None:
-                self._progress(summary)
+        config = self.config
+        keep = config.keep or "all"
+        # A unit is one sample (keep: all) or one prompt's attempts (rejection sampling).
+        per_unit = {"all": 1, "first-passing": config.samples_per_prompt or 1}.get(keep, config.attempts)
+        concurrency = max(1, config.max_in_flight // per_unit)
+
+        async def unit(sample: Sample) -> list[Record]:
+            if keep == "first-passing":
+                return await self._first_passing(engine, sample)
+            if keep == "best":
+                return await self._best(engine, sample)
+            return [r for r in [self._emit(*await self._sample(engine, sample))] if r is not None]
+
+        units = map_unordered(unit, self._samples(), concurrency=concurrency, name=lambda s: f"tessy-sample-{s.id}")
+        async with aclosing(units):
+            async for records in units:
+                for record in records:
+                    yield record
+
+    async def _sample(self, engine: Engine, sample: Sample) -> tuple[SampleResult, Record | FailureRecord]:
+        """One sample run and, where a verifier is set, its record verified (not yet written)."""
+        result = await engine.run_sample(sample)
+        record = (Record if result.ok else FailureRecord).from_result(
+            result, self.summary.config_hash, self.config.mode
+        )
+        if isinstance(record, Record) and self._verifier is not None:
+            record = replace(record, verification=await self._verifier.verify(record))
+        return result, record
+
+    def _emit(self, result: SampleResult, record: Record | FailureRecord) -> Record | None:
+        """Write one record (where there is an output), count it; the record if it finished."""
+        summary = self.summary
+        if self._store is not None:
+            self._store.write_record(record)
+        summary.add(result)
+        if summary.verification is not None and isinstance(record, Record):
+            summary.verification.add(record)
+        summary.wall_s = time.perf_counter() - self._started
+        if self._progress is not None:
+            self._progress(summary)
+        if isinstance(record, Record):
+            return record
+        if self._store is None:
+            self.failures.append(record)
+        return None
+
+    def _attempt(self, sample: Sample, k: int) -> Sample:
+        """Sample k of a prompt drawn several times: id ``ID#k``, its own seed."""
+        base = getattr(self.config.teacher.sampling, "seed", None) or 0
+        return replace(sample, id=f"{sample.id}#{k}", prompt_id=sample.id, seed=base + k)
+
+    def _fresh(self, sample: Sample, count: int, used: set[int]) -> list[Sample]:
+        """The next ``count`` attempts of a prompt not drawn before (their indexes added to ``used``)."""
+        out: list[Sample] = []
+        k = 0
+        while len(out) < count:
+            if k not in used:
+                used.add(k)
+                out.append(self._attempt(sample, k))
+            k += 1
+        return out
+
+    async def _first_passing(self, engine: Engine, sample: Sample) -> list[Record]:
+        """Draw a prompt's samples until ``samples_per_prompt`` pass or ``max_attempts`` are drawn.
+
+        Each round draws as many samples as passes are still wanted, so every sample that
+        passes is kept; every sample drawn is written (``kept`` false when it did not pass)."""
+        want, limit = self.config.samples_per_prompt or 1, self.config.attempts
+        used, kept = self._earlier.get(sample.id, (set(), 0))
+        used = set(used)
+        out: list[Record] = []
+        while kept < want and len(used) < limit:
+            batch = self._fresh(sample, min(want - kept, limit - len(used)), used)
+            tasks = [asyncio.ensure_future(self._sample(engine, s)) for s in batch]
+            try:
+                for done in asyncio.as_completed(tasks):
+                    result, record = await done
+                    if isinstance(record, Record):
+                        passed = record.verification is not None and record.verification.passed is True
+                        record = replace(record, kept=passed)
+                        kept += passed
+                    emitted = self._emit(result, record)
+                    if emitted is not None:
+                        out.append(emitted)
+            finally:  # stopped early (the run was left, or failed): no sample runs on unseen
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        return out
+
+    async def _best(self, engine: Engine, sample: Sample) -> list[Record]:
+        """Draw ``max_attempts`` samples of a prompt, keep the ``samples_per_prompt`` best
+        (passed first, then score, then the earlier attempt), write them all together."""
+        drawn = self._fresh(sample, self.config.attempts, set())
+        pairs = await asyncio.gather(*(self._sample(engine, s) for s in drawn))
+        finished = [r for _, r in pairs if isinstance(r, Record)]
+
+        def rank(r: Record) -> tuple[bool, float, int]:
+            v = r.verification
+            return (v is not None and v.passed is True, (v.score or 0.0) if v is not None else 0.0, -attempt_index(r))
+
+        best = {r.id for r in sorted(finished, key=rank, reverse=True)[: self.config.samples_per_prompt or 1]}
+        out: list[Record] = []
+        for result, record in pairs:
             if isinstance(record, Record):
-                yield record
-            elif store is None:
-                self.failures.append(record)
+                record = replace(record, kept=record.id in best)
+            emitted = self._emit(result, record)
+            if emitted is not None:
+                out.append(emitted)
+        return out
+
+    def _read_earlier(self, output: Path) -> None:
+        """What an earlier run left in the output: its verdicts (for pass@n) and, with several
+        samples per prompt, each prompt's attempts and kept samples (to resume per sample)."""
+        if self._verifier is None and self.config.attempts == 1:
+            return
+        store = self._store
+        assert store is not None
+        for record in read_records(output, missing_ok=True):
+            if self.summary.verification is not None:
+                self.summary.verification.add(record)
+            if record.prompt_id is not None:
+                used, kept = self._earlier.get(record.prompt_id, (set(), 0))
+                self._earlier[record.prompt_id] = (used | {attempt_index(record)}, kept + bool(record.kept))
+        if self.config.data.retry_failed:
+            return
+        for failed in store.failed_ids:
+            prompt, _, k = failed.rpartition("#")
+            if prompt and k.isdigit():
+                used, kept = self._earlier.get(prompt, (set(), 0))
+                self._earlier[prompt] = (used | {int(k)}, kept)
 
     def _samples(self) -> Iterator[Sample]:
         """The samples to run, lazily: malformed inputs recorded, finished (and, unless retried,
@@ -285,12 +425,34 @@ class Synthesis:
                     )
                 elif item.key not in store.failed_ids:
                     store.write_bad_line(item)
-            elif store is not None and item.id in store.done_ids:
+            else:
+                yield from self._todo(item)
+                continue
+            if self._progress is not None:
+                self._progress(summary)
+
+    def _todo(self, item: Sample) -> Iterator[Sample]:
+        """What to run of one prompt: the prompt itself, or (keep: all, several samples) each of
+        its samples not finished before, or (rejection sampling) the prompt while it needs more
+        samples. What is skipped is counted."""
+        config, summary, store = self.config, self.summary, self._store
+        keep, attempts = config.keep or "all", config.attempts
+        if keep != "all":
+            used, kept = self._earlier.get(item.id, (set(), 0))
+            if (keep == "best" and used) or kept >= (config.samples_per_prompt or 1) or len(used) >= attempts:
                 summary.skipped_done += 1
-            elif store is not None and item.id in store.failed_ids and not data.retry_failed:
-                summary.skipped_failed += 1
+                if self._progress is not None:
+                    self._progress(summary)
             else:
                 yield item
+            return
+        for sample in [self._attempt(item, k) for k in range(attempts)] if attempts > 1 else [item]:
+            if store is not None and sample.id in store.done_ids:
+                summary.skipped_done += 1
+            elif store is not None and sample.id in store.failed_ids and not config.data.retry_failed:
+                summary.skipped_failed += 1
+            else:
+                yield sample
                 continue
             if self._progress is not None:
                 self._progress(summary)

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from ..errors import TessyError
 from ..version import __version__
-from . import predictor, run, tools
+from . import predictor, run, tools, verify
 from .common import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -42,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     run.register(sub, **common)
     tools.register(sub, **common)
     predictor.register(sub, **common)
+    verify.register(sub, **common)
     return top
 
 

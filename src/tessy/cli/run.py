@@ -45,6 +45,10 @@ def summary_table(summary: RunSummary, title: str = "tessy run") -> Table:
         "wall time": f"{summary.wall_s:.1f} s",
         "output": summary.output,
     }
+    if summary.verification is not None:
+        from .verify import verification_rows
+
+        rows.update(verification_rows(summary.verification))
     if summary.n_failed or summary.bad_lines:
         rows["failures file"] = summary.failed_path
     verdict = "TOO MANY: the run fails" if summary.too_many_failures else "within the limit"

@@ -218,6 +218,7 @@ def _export(args: argparse.Namespace) -> int:
     try:
         filters = ExportFilters(
             include_guarded=args.include_guarded,
+            include_rejected=args.include_rejected,
             only_passed=args.only_passed,
             min_teacher_share=args.min_teacher_share,
             dedupe=args.dedupe,
@@ -383,6 +384,11 @@ def register(sub: Any, **common: Any) -> None:
     exp.add_argument("--with-id", action="store_true", help="keep each sample's id (JSONL formats)")
     exp.add_argument(
         "--include-guarded", action="store_true", help="keep samples in which a budget or repetition guard fired"
+    )
+    exp.add_argument(
+        "--include-rejected",
+        action="store_true",
+        help="keep the samples rejection sampling drew but did not keep (kept: false)",
     )
     exp.add_argument("--only-passed", action="store_true", help="keep only samples whose answer passed verification")
     exp.add_argument(

@@ -107,6 +107,9 @@ def _describe(
         if members is not None:
             out += _describe_union(members, key, only_for)
             continue
+        optional = [a for a in get_args(annotation) if a is not type(None)]
+        if get_origin(annotation) in (types.UnionType, Union) and len(optional) == 1:
+            annotation = optional[0]  # an optional section (``verify:``) lists its fields too
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             out.append(
                 FieldDoc(

@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..prompts import PromptSource
 from ..records import Mode
 from .hashing import config_hash
+from .verify import VerifyConfig
 
 __all__ = [
     "NOT_HASHED",
@@ -43,6 +44,7 @@ __all__ = [
     "SamplingConfig",
     "ScriptedRole",
     "SynthConfig",
+    "VerifyConfig",
 ]
 
 #: Marks a field that does not change the synthesised data; it is left out of the config hash.
@@ -398,6 +400,32 @@ class SynthConfig(_Model):
         "exceed this share of the inputs it read ends with a non-zero exit; 0: any failure does.",
         json_schema_extra=NOT_HASHED,
     )
+    samples_per_prompt: int | None = Field(
+        None,
+        ge=1,
+        description="Samples kept per prompt (unset: 1). With more than one, sample k of prompt ID has the id "
+        "ID#k and is drawn with seed S + k (S: teacher.sampling.seed, else 0) for both roles.",
+        json_schema_extra=HASHED_WHEN_SET,
+    )
+    keep: Literal["all", "first-passing", "best"] | None = Field(
+        None,
+        description="all (unset): draw samples_per_prompt samples and keep each; first-passing: draw until "
+        "samples_per_prompt have passed verification or max_attempts are drawn; best: draw max_attempts "
+        "and keep the samples_per_prompt best (passed first, then score). Every sample drawn is written; "
+        "the kept ones have kept: true.",
+        json_schema_extra=HASHED_WHEN_SET,
+    )
+    max_attempts: int | None = Field(
+        None,
+        ge=1,
+        description="Samples drawn per prompt at most with keep: first-passing or best (unset: samples_per_prompt).",
+        json_schema_extra=HASHED_WHEN_SET,
+    )
+    verify: VerifyConfig | None = Field(
+        None,
+        description="Verify each finished record's answer (kind: math, code or module:function) before it is written.",
+        json_schema_extra=HASHED_WHEN_SET,
+    )
     progress_interval_s: float = Field(
         30.0,
         ge=0,
@@ -405,6 +433,22 @@ class SynthConfig(_Model):
         "(a log file, a batch job); 0: none.",
         json_schema_extra=NOT_HASHED,
     )
+
+    @model_validator(mode="after")
+    def _sampling_plan(self) -> SynthConfig:
+        keep, n = self.keep or "all", self.samples_per_prompt or 1
+        if keep == "all" and self.max_attempts not in (None, n):
+            raise ValueError("max_attempts needs keep: first-passing or best (with keep: all every sample is kept)")
+        if keep != "all" and (self.verify is None or self.verify.kind == "none"):
+            raise ValueError(f"keep: {keep} needs a verifier: set verify.kind (math, code or module:function)")
+        if self.max_attempts is not None and self.max_attempts < n:
+            raise ValueError(f"max_attempts ({self.max_attempts}) is below samples_per_prompt ({n})")
+        return self
+
+    @property
+    def attempts(self) -> int:
+        """Samples drawn per prompt at most."""
+        return self.max_attempts or self.samples_per_prompt or 1
 
     def config_hash(self) -> str:
         """A short hash of everything that changes the data."""

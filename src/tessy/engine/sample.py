@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
+from dataclasses import replace
 from typing import Any
 
 from ..backends.base import Backend, GenerateRequest, Generation, Prompt
@@ -451,7 +452,7 @@ class SampleRun:
             prompt=prompt,
             max_tokens=max_tokens,
             stop=stop,
-            sampling=role.sampling,
+            sampling=role.sampling if self.sample.seed is None else replace(role.sampling, seed=self.sample.seed),
             sample_id=self.sample.id,
             role=role.name,
             phase=phase,

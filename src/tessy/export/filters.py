@@ -18,6 +18,7 @@ __all__ = ["FILTERS", "ExportFilters", "RecordFilter", "Verdicts", "guarded"]
 
 #: The filters, in the order a record meets them, with what each leaves out.
 FILTERS: dict[str, str] = {
+    "rejected": "rejection sampling did not keep the sample (kept: false)",
     "guarded": "a budget or repetition guard fired (the sample was cut short)",
     "not_passed": "the answer did not pass verification (or was not judged, or not verified)",
     "teacher_share": "the teacher wrote less than the minimum share of the tokens",
@@ -36,6 +37,8 @@ class ExportFilters:
 
     #: Keep samples in which a guard fired (by default they are left out).
     include_guarded: bool = False
+    #: Keep the samples rejection sampling drew but did not keep (``kept: false``).
+    include_rejected: bool = False
     #: Keep only samples whose verification passed (``verification.passed is True``).
     only_passed: bool = False
     #: Keep only samples in which the teacher wrote at least this share of the tokens.
@@ -51,6 +54,7 @@ class ExportFilters:
     def active(self) -> list[str]:
         """The filters in force (keys of :data:`FILTERS`)."""
         on = {
+            "rejected": not self.include_rejected,
             "guarded": not self.include_guarded,
             "not_passed": self.only_passed,
             "teacher_share": self.min_teacher_share is not None,
@@ -61,6 +65,8 @@ class ExportFilters:
     def applied(self) -> list[str]:
         """The filters in force, in words (for the dataset card)."""
         out = []
+        if self.include_rejected:
+            out.append("samples rejection sampling did not keep are kept too")
         if not self.include_guarded:
             out.append("samples in which a guard fired are left out")
         if self.only_passed:
@@ -98,6 +104,8 @@ class RecordFilter:
 
     def _reason(self, record: Record) -> str | None:
         f = self.filters
+        if not f.include_rejected and record.kept is False:
+            return "rejected"
         if not f.include_guarded and guarded(record):
             return "guarded"
         if f.only_passed:
@@ -124,6 +132,8 @@ class RecordFilter:
         lines = []
         for name in self.filters.active():
             n = self.left_out.get(name, 0)
+            if name == "rejected" and not n:
+                continue  # said only of a run that rejection-sampled
             line = f"{n} left out: {FILTERS[name]}"
             if name == "not_passed" and n:
                 line += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(self.not_passed.items())) + ")"

@@ -101,6 +101,9 @@ def full_row(record: Record, input_fields: list[str], reasoning_field: str | Non
         "mode": record.mode,
         "config_hash": record.config_hash,
         "verification": None if v is None else v.to_json(),
+        "prompt_id": record.prompt_id,
+        "seed": record.seed,
+        "kept": record.kept,
         "fields": json.dumps(record.fields, ensure_ascii=False, sort_keys=True),
     }
     for name in input_fields:
@@ -109,7 +112,19 @@ def full_row(record: Record, input_fields: list[str], reasoning_field: str | Non
 
 
 #: The columns of a record itself; an input field of one of these names is ``input.NAME``.
-RECORD_COLUMNS = ("id", "messages", "spans", "stats", "mode", "config_hash", "verification", "fields")
+RECORD_COLUMNS = (
+    "id",
+    "messages",
+    "spans",
+    "stats",
+    "mode",
+    "config_hash",
+    "verification",
+    "prompt_id",
+    "seed",
+    "kept",
+    "fields",
+)
 
 
 def input_column(name: str) -> str:

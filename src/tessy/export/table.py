@@ -5,7 +5,8 @@ different runs load together: ``load_dataset("parquet", data_files=[a, b])``.
 
 Columns: ``id``, ``messages`` (``role``, ``content``, and the reasoning field when one is asked
 for), ``spans``, ``stats``, ``mode``, ``config_hash``, ``verification`` (null where the run was
-not verified), ``fields`` (every input field, as one JSON object's text) and one column per
+not verified), ``prompt_id``, ``seed`` and ``kept`` (null but with several samples per prompt
+or rejection sampling), ``fields`` (every input field, as one JSON object's text) and one column per
 input field. An input field's column is always text: a text value as it is, null as null, any
 other value (a number, a list, an object) as its JSON text. An input field's type may differ
 between runs (``answer: 42`` in one, ``answer: "42"`` in the other) and between records of a run;
@@ -41,6 +42,9 @@ _STATS_INTS = (
     "prefix_misses",
     "think_tokens",
     "answer_tokens",
+    "glued_handoffs",
+    "reported_prompt_tokens",
+    "cached_prompt_tokens",
 )
 
 
@@ -91,6 +95,9 @@ def record_schema(input_fields: Sequence[str], reasoning_field: str | None = Non
         pa.field("mode", pa.string()),
         pa.field("config_hash", pa.string()),
         pa.field("verification", verification),
+        pa.field("prompt_id", pa.string()),
+        pa.field("seed", pa.int64()),
+        pa.field("kept", pa.bool_()),
         pa.field("fields", pa.string()),
     ]
     columns += [pa.field(input_column(name), pa.string()) for name in input_fields]

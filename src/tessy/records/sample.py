@@ -88,12 +88,16 @@ class Sample:
     """One prompt to synthesise a response for.
 
     ``messages`` is the conversation up to (and including) the user turn to answer;
-    ``fields`` are the other input fields, kept in the output record.
+    ``fields`` are the other input fields, kept in the output record. With several samples
+    per prompt, ``id`` is ``PROMPT_ID#k``, ``prompt_id`` the prompt's id and ``seed`` the
+    sampling seed every request of this sample is sent with (else both ``None``).
     """
 
     id: str
     messages: list[Message]
     fields: dict[str, Any] = field(default_factory=dict)
+    prompt_id: str | None = None
+    seed: int | None = None
 
     @classmethod
     def from_prompt(cls, id: str, prompt: str, **fields: Any) -> Sample:

@@ -17,7 +17,21 @@ __all__ = ["RESERVED", "FailureRecord", "Record", "Verification", "read_failures
 
 #: Fields a record sets itself; input fields of these names are kept under ``"input"``.
 RESERVED = frozenset(
-    {"id", "messages", "spans", "stats", "config_hash", "mode", "input", "failure", "response", "verification"}
+    {
+        "id",
+        "messages",
+        "spans",
+        "stats",
+        "config_hash",
+        "mode",
+        "input",
+        "failure",
+        "response",
+        "verification",
+        "prompt_id",
+        "seed",
+        "kept",
+    }
 )
 
 
@@ -64,6 +78,15 @@ def _id(obj: dict[str, Any]) -> str:
     return str(value)
 
 
+def _optional(obj: dict[str, Any], key: str, kind: type) -> Any:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"'{key}' is not a {kind.__name__}")
+    return value
+
+
 def _messages(value: Any) -> list[Message]:
     if not isinstance(value, list):
         raise ValueError("'messages' is not a list")
@@ -99,6 +122,14 @@ class Record(WithSpans):
     config_hash: str
     fields: dict[str, Any] = field(default_factory=dict)
     verification: Verification | None = None
+    #: With several samples per prompt (``samples_per_prompt``, ``max_attempts``): the prompt's
+    #: id (this record's id is ``PROMPT_ID#k``, k its attempt) and the sampling seed it was drawn
+    #: with; ``None`` (and absent from the JSON) for a prompt's only sample.
+    prompt_id: str | None = None
+    seed: int | None = None
+    #: With rejection sampling (``keep: first-passing | best``): whether this sample is one the
+    #: run keeps for its prompt; ``None`` (absent) when every sample is kept.
+    kept: bool | None = None
 
     @classmethod
     def from_result(cls, result: SampleResult, config_hash: str, mode: Mode | str) -> Record:
@@ -113,6 +144,8 @@ class Record(WithSpans):
             stats=result.stats,
             config_hash=config_hash,
             fields=dict(sample.fields),
+            prompt_id=sample.prompt_id,
+            seed=sample.seed,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -132,6 +165,9 @@ class Record(WithSpans):
         out["config_hash"] = self.config_hash
         if self.verification is not None:
             out["verification"] = self.verification.to_json()
+        for name in ("prompt_id", "seed", "kept"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
     @classmethod
@@ -155,6 +191,9 @@ class Record(WithSpans):
             config_hash=_str(obj, "config_hash"),
             fields=fields,
             verification=None if obj.get("verification") is None else Verification.from_json(obj["verification"]),
+            prompt_id=_optional(obj, "prompt_id", str),
+            seed=_optional(obj, "seed", int),
+            kept=_optional(obj, "kept", bool),
         )
 
     @property

@@ -23,7 +23,9 @@ __all__ = ["ModeQuality", "PassAt", "prompt_key"]
 
 def prompt_key(record: Record) -> str:
     """The prompt a record is a sample of."""
-    given = record.fields.get("prompt_id")
+    if record.prompt_id is not None:
+        return record.prompt_id
+    given = record.fields.get("prompt_id")  # written by hand or by another tool
     if isinstance(given, (str, int)) and not isinstance(given, bool):
         return str(given)
     head, sep, _ = record.id.rpartition("#")
@@ -54,7 +56,7 @@ class ModeQuality:
     #: Records in which each guard fired, and records in which any did.
     guards: Counter[str] = field(default_factory=Counter)
     guarded: int = 0
-    #: Records an export with the default filters keeps (no guard fired).
+    #: Records an export with the default filters keeps (no guard fired, not rejected).
     export_keeps: int = 0
     _prompts: dict[int, list[int]] = field(default_factory=dict, repr=False)
 
@@ -64,7 +66,7 @@ class ModeQuality:
         self.guards.update(set(record.stats.guards))
         if guarded(record):
             self.guarded += 1
-        else:
+        elif record.kept is not False:  # rejection sampling's unkept samples are left out too
             self.export_keeps += 1
         v = record.verification
         if v is not None and v.passed is not None:

@@ -205,6 +205,13 @@ def test_a_backend_that_loads_a_model_in_each_process_is_refused(tmp_path: Path)
         synthesize_sharded(config, workers=2, prompts=["q"], output=tmp_path / "out.jsonl")
 
 
+def test_rejection_sampling_is_refused_in_shards_and_nothing_is_written(tmp_path: Path) -> None:
+    config = load_config(OFFLINE, ["samples_per_prompt=2", "keep=best", "verify.kind=math"])
+    with pytest.raises(ConfigError, match="keep: best decides among a prompt's samples"):
+        synthesize_sharded(config, workers=2, prompts=["q"], output=tmp_path / "out.jsonl")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_a_worker_that_fails_ends_the_run_with_a_shard_error_and_keeps_what_the_others_wrote(
     tmp_path: Path,
 ) -> None:

@@ -142,11 +142,18 @@ class TokenScores:
 
     ``truncated`` says that the prompt or the continuation was cut to fit the model's context,
     so the scores cover only part of the continuation.
+
+    ``offsets[i]``, where the scorer knows it, is the ``(start, end)`` character span in the
+    continuation of the token of ``logprobs[i]`` (``pieces`` may be in the tokenizer's own
+    spelling, such as ``Ġthe``, so their lengths do not give it; a tokenizer may leave a leading
+    space out of the span). Text scored under another model's tokenizer is lined up by it (RSD
+    judges each teacher token by the student's tokens that end in it).
     """
 
     pieces: list[str]
     logprobs: list[float]
     truncated: bool = False
+    offsets: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.logprobs)

@@ -26,11 +26,13 @@ from ..errors import BackendError
 from ..tokenizers import FakeTokenizer, Tokenizer
 from .base import Backend, FinishReason, GenerateRequest, Generation, ScoreRequest, StreamDelta, TokenScores
 
-__all__ = ["Continuation", "ScriptedBackend"]
+__all__ = ["Continuation", "PieceScorer", "ScriptedBackend"]
 
 #: A scripted continuation: text (split by the tokenizer), explicit token strings, or an error to raise.
 Continuation = str | Sequence[str] | BaseException
 Responder = Callable[[GenerateRequest], Continuation]
+#: A scripted scorer: the log-probability of each token (piece) of a continuation, given the request.
+PieceScorer = Callable[[ScoreRequest, Sequence[str]], Sequence[float]]
 #: Samples whose cursor a cycling fake remembers at most.
 _MAX_TRACKED = 8192
 #: Log-probabilities the fake gives, when scoring, to a token of its script and to any other.
@@ -60,6 +62,7 @@ class ScriptedBackend(Backend):
         max_concurrency: int = 64,
         known_pieces: Iterable[str] | None = None,
         token_ids: bool = False,
+        scorer: PieceScorer | None = None,
     ) -> None:
         super().__init__(max_concurrency=max_concurrency)
         if (script is None) == (responder is None):
@@ -81,6 +84,10 @@ class ScriptedBackend(Backend):
         self.record = record
         #: Every request received, in order (when ``record`` is on).
         self.requests: list[GenerateRequest] = []
+        #: Every scoring request received, in order (when ``record`` is on).
+        self.score_requests: list[ScoreRequest] = []
+        #: Scores each piece of a continuation in place of the known/unknown rule (:meth:`score`).
+        self.scorer = scorer
         #: How many requests are running now, and the most that ever ran at once.
         self.in_flight = 0
         self.max_in_flight = 0
@@ -199,9 +206,21 @@ class ScriptedBackend(Backend):
             self.in_flight -= 1
 
     async def score(self, request: ScoreRequest) -> TokenScores:
+        if self.record:
+            self.score_requests.append(request)
         pieces = self.tokenizer.pieces(request.continuation)
-        known = self.known_pieces
-        return TokenScores(pieces, [KNOWN_LOGPROB if p in known else UNKNOWN_LOGPROB for p in pieces])
+        spans, at = [], 0
+        for p in pieces:
+            spans.append((at, at + len(p)))
+            at += len(p)
+        if self.scorer is not None:
+            values = [float(v) for v in self.scorer(request, pieces)]
+            if len(values) != len(pieces):
+                raise AssertionError(f"the scorer gave {len(values)} scores for {len(pieces)} pieces")
+        else:
+            known = self.known_pieces
+            values = [KNOWN_LOGPROB if p in known else UNKNOWN_LOGPROB for p in pieces]
+        return TokenScores(pieces, values, offsets=spans)
 
     async def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamDelta, None]:
         self.in_flight += 1

@@ -262,12 +262,14 @@ def echo_scores(logprobs: object, start: int, end: int, *, where: str) -> TokenS
         )
     pieces: list[str] = []
     scores: list[float] = []
+    spans: list[tuple[int, int]] = []
     for tok, value, offset in zip(tokens, values, offsets, strict=True):
         if offset < start or offset >= end or not isinstance(value, (int, float)):
             continue  # the prompt, the seam, the generated token, or no prediction (the first)
         pieces.append(str(tok))
         scores.append(float(value))
-    return TokenScores(pieces, scores, truncated=False)
+        spans.append((offset - start, min(offset + len(str(tok)), end) - start))
+    return TokenScores(pieces, scores, truncated=False, offsets=spans)
 
 
 def align(text: str, tokens: list[str] | None, tokenizer: Tokenizer | None) -> list[str]:

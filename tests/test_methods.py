@@ -363,3 +363,14 @@ def test_a_synthesis_in_a_method_mode_resumes_skipping_finished_ids(tmp_path: Pa
     again = synthesize(config, prompts=prompts, output=out)
     assert (first.written, again.written, again.skipped_done) == (6, 0, 6)
     assert first.requests_per_kept_token > 0 and first.to_dict()["generated_per_kept_token"] >= 1
+
+
+def test_rsd_never_keeps_a_piece_of_an_end_marker_where_a_replacement_could_complete_it() -> None:
+    # The head kept before a rejected token ends in "</th": held back, or the student's "ink>"
+    # would finish "</think>" inside the stored thinking.
+    teacher = ScriptedBackend([[" a", "</th", " zz"], ["</think>"], ["Done."]])
+    student = ScriptedBackend([["ink>"]], scorer=table_scorer({" zz": 0.01}))
+    (result,) = run("rsd", teacher, student)
+    assert_checks(result, "rsd")
+    assert result.thinking == " aink>" and "</th" not in result.thinking
+    assert result.stats.discarded_tokens == 2  # "</th" held back, " zz" replaced

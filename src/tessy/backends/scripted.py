@@ -112,7 +112,8 @@ class ScriptedBackend(Backend):
         it returned last time (nothing was cut), it carries on from the cursor, as a model would;
         otherwise it starts afresh at the response after the one its last request began in. Only a stop string (``</think>`` in a
         response) ends a thinking request early. The first response of a sample is chosen by a
-        stable hash of its id. An answer request gets one of ``answers`` (else of ``responses``), which ends like a turn does.
+        stable hash of its id. An answer request gets one of ``answers`` (else of ``responses``), which ends like a turn does;
+        one whose prompt ends with the start of that answer gets the rest of it.
         """
         if not responses:
             raise ValueError("cycling() needs at least one response")
@@ -131,7 +132,13 @@ class ScriptedBackend(Backend):
             sid = request.sample_id
             if request.phase == "answer":
                 pool = split_answers or split
-                return pool[start(sid, len(pool))]
+                answer = pool[start(sid, len(pool))]
+                # A prompt that already ends with the answer's first pieces (an answer written a
+                # few tokens at a time, as RSD does) is continued, not begun again.
+                for k in range(len(answer), 0, -1):
+                    if request.prompt.view.endswith("".join(answer[:k])):
+                        return answer[k:]
+                return answer
             cursor = cursors.get(sid)
             if cursor is None:
                 r, p = start(sid, len(split)), 0

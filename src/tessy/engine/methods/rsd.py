@@ -34,7 +34,7 @@ from ...backends.base import Generation, Prompt, TokenScores
 from ...errors import BackendError
 from ...records import Phase, SampleResult, Source
 from ...records.sample import phase_text
-from ..context import Chunk, RoleContext, thinking_part
+from ..context import Chunk, RoleContext, open_tail, trim_at
 from ..policy import Role
 from ..sample import _Failed
 from .base import MethodRun
@@ -99,11 +99,30 @@ class RsdRun(MethodRun):
     def _stop(self, role: Role, phase: Phase) -> tuple[str, ...]:
         return role.format.think_stop if phase == "think" else role.format.answer_stop
 
+    def _markers(self, phase: Phase) -> tuple[str, ...]:
+        """What ends the phase in either role's format: the text kept holds none of it, nor ends
+        in a piece of it, so no marker can form where one role's text meets the other's."""
+        formats = [r.format for r in self.roles.values()]
+        found = (m for f in formats for m in (f.think_stop if phase == "think" else f.answer_stop))
+        return tuple(dict.fromkeys(found))
+
     def _part(self, role: Role, gen: Generation, phase: Phase) -> tuple[Chunk, bool, int]:
-        """What of a generation belongs to the phase, whether the phase ended, pieces dropped."""
-        if phase == "think":
-            return thinking_part(role.format, gen)
-        return Chunk.of(gen), gen.finish_reason == "stop", 0
+        """What of a generation belongs to the phase, whether the phase ended, and how many
+        pieces were dropped: from a marker of either format on, or, at the token limit, a tail
+        that may be the start of one (the next request decides)."""
+        chunk = Chunk.of(gen)
+        markers = self._markers(phase)
+        text = gen.text
+        hits = [(i, i + len(m)) for m in markers if (i := text.find(m)) >= 0]
+        if hits:
+            start, end = min(hits)
+            kept, after, whole = trim_at(chunk.pieces, start, end)
+            return Chunk(kept, chunk.ids[:whole] if chunk.ids is not None else None), True, after
+        if gen.finish_reason == "length":
+            held = open_tail(chunk.pieces, markers)
+            if held:
+                return chunk.head(len(chunk) - held), False, held
+        return chunk, gen.finish_reason == "stop", 0
 
     async def _write(self, role: Role, phase: Phase, max_tokens: int) -> tuple[Chunk, bool]:
         """Up to ``max_tokens`` tokens of ``role``; where they end in what may be the start of
@@ -146,8 +165,10 @@ class RsdRun(MethodRun):
                 if ended:
                     return
                 continue
-            self._take(teacher, chunk.head(rejected), phase)
-            self.stats.discarded_tokens += len(pieces) - rejected
+            head = chunk.head(rejected)
+            held = open_tail(head.pieces, self._markers(phase))  # the next proposal decides on it
+            self._take(teacher, head.head(rejected - held), phase)
+            self.stats.discarded_tokens += len(pieces) - rejected + held
             self.stats.replaced_tokens += 1
             own, ended = await self._write(student, phase, 1)
             self._take(student, own, phase)

@@ -31,7 +31,9 @@ def role(name: Any, backend: ScriptedBackend) -> Role:
     return Role(name, backend, FMT, LexiconPredictor())
 
 
-def run(mode: str, teacher: ScriptedBackend, student: ScriptedBackend, *ids: str, **settings: Any) -> list[SampleResult]:
+def run(
+    mode: str, teacher: ScriptedBackend, student: ScriptedBackend, *ids: str, **settings: Any
+) -> list[SampleResult]:
     engine = Engine(
         role("teacher", teacher), role("student", student), mode=mode, limits=LIMITS, methods=MethodSettings(**settings)
     )
@@ -111,7 +113,9 @@ def test_rsd_keeps_a_token_whose_probability_is_exactly_the_threshold() -> None:
 
 def test_rsd_judges_each_teacher_token_by_the_student_tokens_that_end_in_it() -> None:
     # Character-level student tokens under word-level teacher tokens.
-    chars = TokenScores(list(" abc"), [math.log(x) for x in (0.9, 0.5, 0.5, 0.2)], offsets=[(0, 1), (1, 2), (2, 3), (3, 4)])
+    chars = TokenScores(
+        list(" abc"), [math.log(x) for x in (0.9, 0.5, 0.5, 0.2)], offsets=[(0, 1), (1, 2), (2, 3), (3, 4)]
+    )
     assert judge([" ab", "c"], chars) == pytest.approx([math.log(0.9 * 0.5 * 0.5), math.log(0.2)])
     # A student token that straddles two teacher tokens counts in the one where it ends.
     straddle = TokenScores([" a", "bc"], [math.log(0.3), math.log(0.6)], offsets=[(0, 2), (2, 4)])
@@ -156,7 +160,12 @@ def test_a_config_with_rsd_on_a_llamacpp_student_is_refused_naming_the_backends_
         {
             "mode": "rsd",
             "teacher": {"backend": "scripted", "responses": ["x"]},
-            "student": {"backend": "openai", "server": "llamacpp", "model": "m", "endpoints": ["http://127.0.0.1:9/v1"]},
+            "student": {
+                "backend": "openai",
+                "server": "llamacpp",
+                "model": "m",
+                "endpoints": ["http://127.0.0.1:9/v1"],
+            },
         }
     )
     with pytest.raises(ConfigError, match="student's log-probabilities") as info:
@@ -324,7 +333,9 @@ def test_a_prompt_file_without_its_placeholder_is_refused(tmp_path: Path) -> Non
     )
     with pytest.raises(ConfigError, match=re.escape("lacks {answer}")):
         build_methods(config.methods)
-    assert PromptTemplate.parse("{reference}", placeholders=("reference",), required=("reference",)).text == "{reference}"
+    assert (
+        PromptTemplate.parse("{reference}", placeholders=("reference",), required=("reference",)).text == "{reference}"
+    )
 
 
 def test_check_flags_a_teacher_score_record_that_did_not_keep_the_first_best() -> None:

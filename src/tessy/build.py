@@ -164,7 +164,9 @@ def build_methods(config: MethodsConfig | None) -> MethodSettings:
         config.score_prompt or DEFAULT_SCORE_PROMPT, placeholders=SCORE_PLACEHOLDERS, required=("answer",)
     )
     reference = PromptTemplate.load(
-        config.reference_prompt or DEFAULT_REFERENCE_PROMPT, placeholders=REFERENCE_PLACEHOLDERS, required=("reference",)
+        config.reference_prompt or DEFAULT_REFERENCE_PROMPT,
+        placeholders=REFERENCE_PLACEHOLDERS,
+        required=("reference",),
     )
     return MethodSettings(
         score_prompt=score,

@@ -177,7 +177,9 @@ def _method_rules(record: Record, mode: Mode, think: list[Any], answer_spans: li
             kept = scores[stats.kept_candidate]
             first_best = scores.index(max(numbers)) if numbers else None
             if numbers and stats.kept_candidate != first_best:
-                out.append(Violation("mode", f"{name}: kept candidate {stats.kept_candidate} ({kept}) is not the first best"))
+                out.append(
+                    Violation("mode", f"{name}: kept candidate {stats.kept_candidate} ({kept}) is not the first best")
+                )
     if mode is Mode.TEACHER_REFERENCE and not stats.reference_in_prompt:
         out.append(Violation("mode", f"{name}: the record does not say its prompt held the reference"))
     if not answer_spans:

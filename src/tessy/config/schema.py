@@ -332,7 +332,10 @@ class MethodsConfig(_Model):
         "teacher's answer). Default: tessy's own (the paper did not publish its).",
     )
     rsd_threshold: float = Field(
-        0.1, gt=0, le=1, description="rsd: a teacher token is kept when the student's probability of it is at least this."
+        0.1,
+        gt=0,
+        le=1,
+        description="rsd: a teacher token is kept when the student's probability of it is at least this.",
     )
     rsd_propose_tokens: int = Field(
         16, ge=1, description="rsd: teacher tokens proposed, and scored by the student in one request, at a time."

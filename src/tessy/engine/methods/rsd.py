@@ -57,7 +57,8 @@ def judge(pieces: Sequence[str], scores: TokenScores) -> list[float]:
                 "up with the teacher's",
                 retryable=False,
             )
-        spans = list(zip([0, *accumulate(len(p) for p in scores.pieces)], accumulate(len(p) for p in scores.pieces)))
+        stops = list(accumulate(len(p) for p in scores.pieces))
+        spans = list(zip([0, *stops[:-1]], stops, strict=True))
     for (start, end), logprob in zip(spans, scores.logprobs, strict=True):
         last = max(end - 1, start)
         i = bisect_right(ends, last)
@@ -128,7 +129,9 @@ class RsdRun(MethodRun):
         """Up to ``max_tokens`` tokens of ``role``; where they end in what may be the start of
         the end-of-thinking marker (nothing else), a few more are asked for to decide."""
         left = self._left(phase)
-        gen = await self._generate(role, self._prompt(role, phase), min(max_tokens, left), self._stop(role, phase), phase)
+        gen = await self._generate(
+            role, self._prompt(role, phase), min(max_tokens, left), self._stop(role, phase), phase
+        )
         chunk, ended, after = self._part(role, gen, phase)
         self.stats.discarded_tokens += after
         if not chunk.pieces and not ended and after:
@@ -157,9 +160,7 @@ class RsdRun(MethodRun):
             if pieces:
                 scores = await self.score(student, self._prompt(student, phase), "".join(pieces))
                 self.stats.proposed_tokens += len(pieces)
-                rejected = next(
-                    (i for i, lp in enumerate(judge(pieces, scores)) if lp < floor), None
-                )
+                rejected = next((i for i, lp in enumerate(judge(pieces, scores)) if lp < floor), None)
             if rejected is None:
                 self._take(teacher, chunk, phase)
                 if ended:

@@ -23,8 +23,9 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
+from typing import TypeVar
 
 from ..backends.base import Backend, GenerateRequest, Generation, Prompt
 from ..boundary.base import CutQuery
@@ -49,6 +50,8 @@ from .policy import Limits, Role
 __all__ = ["SampleRun"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class _Failed(Exception):
@@ -403,20 +406,25 @@ class SampleRun:
         self, role: Role, prompt: Prompt, max_tokens: int, stop: tuple[str, ...], phase: Phase = "think"
     ) -> Generation:
         request = self._request(role, prompt, max_tokens, stop, phase)
+        gen = await self._call(role, lambda: role.backend.generate(request), "request")
+        self.stats.retried_requests += gen.retries
+        return gen
 
-        async def attempt() -> Generation:
+    async def _call(self, role: Role, send: Callable[[], Awaitable[T]], what: str) -> T:
+        """One request to ``role``'s backend (``send``), counted, bounded by the backend's slot
+        and tried again against the sample's failure budget."""
+
+        async def attempt() -> T:
             self.stats.requests += 1
             if self.budget.failures > failures[0]:  # the attempt before this one failed
                 failures[0] = self.budget.failures
                 self.stats.retried_requests += 1
             async with self.slot(role.backend):
-                gen = await role.backend.generate(request)
-            self.stats.retried_requests += gen.retries
-            return gen
+                return await send()
 
         failures = [self.budget.failures]
         try:
-            return await call_with_retries(attempt, self.budget, what=f"sample {self.sample.id}: a {role.name} request")
+            return await call_with_retries(attempt, self.budget, what=f"sample {self.sample.id}: a {role.name} {what}")
         except BackendError as exc:
             raise self._failed(exc) from None
         finally:

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...backends.base import Prompt, ScoreRequest, TokenScores
-from ...errors import BackendError, OutageError, TessyError
+from ...errors import OutageError, TessyError
 from ...records import Failure, Message, Mode, Sample, SampleResult, SampleStats, Source, Span
-from ...retry import call_with_retries
 from ..policy import Role
 from ..sample import SampleRun, _Failed
 from .templates import DEFAULT_REFERENCE_PROMPT, DEFAULT_SCORE_PROMPT, PromptTemplate
@@ -103,25 +102,11 @@ class MethodRun(SampleRun):
 
     async def score(self, role: Role, prompt: Prompt, continuation: str) -> TokenScores:
         """``role``'s log-probabilities of ``continuation`` after ``prompt``: one request, tried
-        again like a generation, charged to the sample's failure budget."""
+        again like a generation, charged to the sample's failure budget (the attempts count as
+        requests, the request once as a scoring one)."""
         request = ScoreRequest(prompt, continuation, self.sample.id)
-        failures = [self.budget.failures]
-
-        async def attempt() -> TokenScores:
-            self.stats.requests += 1
-            self.stats.score_requests += 1
-            if self.budget.failures > failures[0]:
-                failures[0] = self.budget.failures
-                self.stats.retried_requests += 1
-            async with self.slot(role.backend):
-                return await role.backend.score(request)
-
-        try:
-            return await call_with_retries(attempt, self.budget, what=f"sample {self.sample.id}: a {role.name} score")
-        except BackendError as exc:
-            raise self._failed(exc) from None
-        finally:
-            self.stats.failed_requests = self.budget.failures
+        self.stats.score_requests += 1
+        return await self._call(role, lambda: role.backend.score(request), "score")
 
     async def candidates(
         self, mode: Mode, n: int, *, messages: list[Message] | None = None, tag: str = "c"

@@ -385,3 +385,13 @@ def test_rsd_never_keeps_a_piece_of_an_end_marker_where_a_replacement_could_comp
     assert_checks(result, "rsd")
     assert result.thinking == " aink>" and "</th" not in result.thinking
     assert result.stats.discarded_tokens == 2  # "</th" held back, " zz" replaced
+
+
+def test_the_methods_example_config_loads_with_every_comparison_mode() -> None:
+    from tessy.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "methods-hf-cpu.yaml"
+    for mode in ("rsd", "teacher-score", "teacher-reference", "teacher-mix", "student-select"):
+        config = load_config(path, [f"mode={mode}"])
+        assert config.mode.value == mode and config.methods is not None
+        assert config.student.backend == "hf"

@@ -395,3 +395,17 @@ def test_the_methods_example_config_loads_with_every_comparison_mode() -> None:
         config = load_config(path, [f"mode={mode}"])
         assert config.mode.value == mode and config.methods is not None
         assert config.student.backend == "hf"
+
+
+def test_echoed_scores_carry_each_tokens_character_span_in_the_continuation() -> None:
+    from tessy.backends.wire import echo_scores
+
+    # "PROMPT" then " ab" + "c": the server echoes the prompt's tokens and the continuation's.
+    logprobs = {
+        "tokens": ["PRO", "MPT", " ab", "c", "!"],
+        "token_logprobs": [None, -0.1, -0.2, -0.3, -0.4],
+        "text_offset": [0, 3, 6, 9, 10],
+    }
+    scores = echo_scores(logprobs, 6, 10, where="test")
+    assert scores.logprobs == [-0.2, -0.3] and scores.offsets == [(0, 3), (3, 4)]
+    assert judge([" a", "bc"], scores) == pytest.approx([0.0, -0.5])  # " ab" ends in "bc"

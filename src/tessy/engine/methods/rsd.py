@@ -17,7 +17,10 @@ summed, from the character spans the scorer reports, :attr:`TokenScores.offsets`
 tokenizer for both this is the student's probability of exactly that token; with two, a student
 token that straddles teacher tokens is charged to the one where it ends, so a teacher token is
 judged by the student's probability of the text it completes. A teacher token in which no
-student token ends is kept (the student's verdict on its text comes with the next token).
+student token ends is kept (the student's verdict on its text comes with the next token); so is
+one covered only by a student token that a server scoring by ``echo`` leaves out because it
+straddles the text kept and the proposal (the in-process ``hf`` backend scores the proposal's
+own tokens, so it has no such seam).
 
 Thinking and answer are both written this way (the answer after the thinking closes, each
 role's prompt in its own format); the stored response is in the student's format.

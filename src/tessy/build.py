@@ -15,8 +15,17 @@ from pydantic import BaseModel
 
 from .backends.base import Backend, SamplingParams
 from .boundary.base import BoundaryPredictor
-from .config import GuardsConfig, PredictorConfig, RoleConfig, SamplingConfig, SynthConfig, VerifyConfig
+from .config import (
+    GuardsConfig,
+    MethodsConfig,
+    PredictorConfig,
+    RoleConfig,
+    SamplingConfig,
+    SynthConfig,
+    VerifyConfig,
+)
 from .engine import Engine, Limits, RepetitionGuard, Role
+from .engine.methods import MethodSettings
 from .errors import ConfigError
 from .formats import Format, get_format
 from .records import Source
@@ -28,6 +37,7 @@ __all__ = [
     "build_engine",
     "build_format",
     "build_limits",
+    "build_methods",
     "build_predictor",
     "build_role",
     "build_sampling",
@@ -155,6 +165,29 @@ def build_limits(config: GuardsConfig) -> Limits:
     )
 
 
+def build_methods(config: MethodsConfig | None) -> MethodSettings:
+    """The comparison methods' settings, their prompt files read (the shipped ones by default)."""
+    from .engine.methods import DEFAULT_REFERENCE_PROMPT, DEFAULT_SCORE_PROMPT, PromptTemplate
+    from .engine.methods.base import REFERENCE_PLACEHOLDERS, SCORE_PLACEHOLDERS
+
+    config = config or MethodsConfig()
+    score = PromptTemplate.load(
+        config.score_prompt or DEFAULT_SCORE_PROMPT, placeholders=SCORE_PLACEHOLDERS, required=("answer",)
+    )
+    reference = PromptTemplate.load(
+        config.reference_prompt or DEFAULT_REFERENCE_PROMPT,
+        placeholders=REFERENCE_PLACEHOLDERS,
+        required=("reference",),
+    )
+    return MethodSettings(
+        score_prompt=score,
+        reference_prompt=reference,
+        **_settings(
+            config, "candidates", "score_max_tokens", "rsd_threshold", "rsd_propose_tokens", "mix_teacher_share"
+        ),
+    )
+
+
 def build_engine(config: SynthConfig, *, backends: dict[Source, Backend] | None = None) -> Engine:
     """The engine a run config describes; close it with ``await engine.aclose()`` (or use it as an
     async context manager). ``backends`` replaces the configured backend of a role."""
@@ -163,7 +196,12 @@ def build_engine(config: SynthConfig, *, backends: dict[Source, Backend] | None 
     student = build_role("student", config.student, backend=backends.get("student"))
     try:
         return Engine(
-            teacher, student, mode=config.mode, limits=build_limits(config.guards), streaming=config.streaming
+            teacher,
+            student,
+            mode=config.mode,
+            limits=build_limits(config.guards),
+            streaming=config.streaming,
+            methods=build_methods(config.methods) if config.mode.is_method else None,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc

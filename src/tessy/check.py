@@ -7,7 +7,8 @@ them and exits non-zero on any; the tests run every real-model output through it
 The rules:
 
 - ``word_split``: no switch inside a word: at no hand-over in the thinking does a letter or
-  digit end the text before and another begin the text after (``4`` | ``096``);
+  digit end the text before and another begin the text after (``4`` | ``096``); not for
+  ``rsd``, which hands over token by token;
 - ``spans``: the stored assistant message holds exactly the spans' thinking and answer (in the
   student's format, where it can be rendered here);
 - ``marker_in_thinking``: the thinking holds no end-of-thinking marker of either role's format,
@@ -15,7 +16,9 @@ The rules:
 - ``markup_in_answer``: the answer holds no thinking or channel markup;
 - ``alternation``: within the thinking, spans alternate roles, and in the cooperative modes the
   first is the student's;
-- ``mode``: each mode's rules on who writes what (teacher-only: the teacher writes all, ...);
+- ``mode``: each mode's rules on who writes what (teacher-only: the teacher writes all, ...;
+  teacher-score keeps the first best-scored student candidate, RSD's student writes one token
+  per replaced teacher token, a teacher-mix sample is one role's);
 - ``stats``: the counters agree with the spans (tokens per role and phase, switches).
 """
 
@@ -78,7 +81,11 @@ def check_record(
     answer_spans = [s for s in record.spans if s.phase == "answer"]
     thinking, answer = record.thinking, record.answer
 
+    # RSD hands over at any token the student replaces, inside words too: the rule is TESSY's.
+    token_level = record.mode == Mode.RSD.value
     for before, after in pairwise(think):
+        if token_level:
+            break
         if before.source != after.source and before.text[-1:].isalnum() and after.text[:1].isalnum():
             out.append(Violation("word_split", f"{before.text[-12:]!r} | {after.text[:12]!r}"))
 
@@ -120,6 +127,8 @@ def _mode_rules(record: Record, think: list[Any], answer_spans: list[Any]) -> li
         mode = Mode(record.mode)
     except ValueError:
         return [Violation("mode", f"unknown mode {record.mode!r}")]
+    if mode.is_method:
+        return _method_rules(record, mode, think, answer_spans)
     out: list[Violation] = []
     if mode.thinker is None:
         if think and think[0].source != "student":
@@ -128,6 +137,51 @@ def _mode_rules(record: Record, think: list[Any], answer_spans: list[Any]) -> li
         out.append(Violation("mode", f"{mode.value}: the thinking is not all the {mode.thinker}'s"))
     if any(s.source != mode.answerer for s in answer_spans):
         out.append(Violation("mode", f"{mode.value}: the answer is not all the {mode.answerer}'s"))
+    if not answer_spans:
+        out.append(Violation("mode", "no answer"))
+    return out
+
+
+def _method_rules(record: Record, mode: Mode, think: list[Any], answer_spans: list[Any]) -> list[Violation]:
+    """The comparison modes: teacher-score and teacher-reference are the student's alone,
+    student-select the teacher's, a teacher-mix sample one role's; a chosen candidate is the
+    first of the best scores; RSD's student writes only where a teacher token was replaced."""
+    out: list[Violation] = []
+    stats = record.stats
+    sources = {s.source for s in record.spans}
+    name = mode.value
+    if mode is Mode.TEACHER_MIX:
+        if len(sources) > 1:
+            out.append(Violation("mode", f"{name}: a sample holds both roles' text, not one's"))
+    elif mode is Mode.RSD:
+        if stats.student_tokens > stats.replaced_tokens:
+            out.append(
+                Violation(
+                    "mode",
+                    f"{name}: the student wrote {stats.student_tokens} tokens for "
+                    f"{stats.replaced_tokens} replaced teacher tokens (one each)",
+                )
+            )
+        if stats.teacher_tokens > stats.proposed_tokens:
+            out.append(Violation("mode", f"{name}: more teacher tokens kept than proposed"))
+    elif sources - {mode.thinker}:
+        out.append(Violation("mode", f"{name}: the response is not all the {mode.thinker}'s"))
+    if mode in (Mode.TEACHER_SCORE, Mode.STUDENT_SELECT):
+        scores = stats.candidate_scores
+        if stats.candidates < 1 or len(scores) != stats.candidates:
+            out.append(Violation("mode", f"{name}: {stats.candidates} candidates but {len(scores)} scores"))
+        elif stats.kept_candidate is None or not 0 <= stats.kept_candidate < len(scores):
+            out.append(Violation("mode", f"{name}: no kept candidate"))
+        else:
+            numbers = [x for x in scores if x is not None]
+            kept = scores[stats.kept_candidate]
+            first_best = scores.index(max(numbers)) if numbers else None
+            if numbers and stats.kept_candidate != first_best:
+                out.append(
+                    Violation("mode", f"{name}: kept candidate {stats.kept_candidate} ({kept}) is not the first best")
+                )
+    if mode is Mode.TEACHER_REFERENCE and not stats.reference_in_prompt:
+        out.append(Violation("mode", f"{name}: the record does not say its prompt held the reference"))
     if not answer_spans:
         out.append(Violation("mode", "no answer"))
     return out

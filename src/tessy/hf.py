@@ -264,7 +264,13 @@ def score_tokens(
     import torch
 
     prompt_ids: list[int] = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    cont_ids: list[int] = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    spans: list[tuple[int, int]] | None = None
+    if getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(continuation, add_special_tokens=False, return_offsets_mapping=True)
+        cont_ids: list[int] = encoded["input_ids"]
+        spans = [(int(a), int(b)) for a, b in encoded["offset_mapping"]]
+    else:
+        cont_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
     truncated = False
     if len(cont_ids) > max_tokens - 1:
         cont_ids, truncated = cont_ids[: max_tokens - 1], True
@@ -291,4 +297,5 @@ def score_tokens(
         scores = logits.float()[rows]
         own = scores.gather(1, targets[:, None])
         ranked = [int(r) for r in (1 + (scores > own).sum(dim=-1)).tolist()]
-    return TokenScores(list(pieces), [float(x) for x in picked], truncated or start == 0, ranked)
+    offsets = [spans[i - start] for i in positions] if spans is not None else None
+    return TokenScores(list(pieces), [float(x) for x in picked], truncated or start == 0, ranks=ranked, offsets=offsets)

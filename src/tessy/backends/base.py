@@ -156,6 +156,12 @@ class TokenScores:
     sees only the top ``rank_limit`` predictions (a server's top-K alternatives), a token beyond
     them is *censored*: its rank is stored as ``rank_limit + 1`` and means "more than
     ``rank_limit``". ``rank_limit`` is ``None`` when every rank is exact.
+
+    ``offsets[i]``, where the scorer knows it, is the ``(start, end)`` character span in the
+    continuation of the token of ``logprobs[i]`` (``pieces`` may be in the tokenizer's own
+    spelling, such as ``Ġthe``, so their lengths do not give it; a tokenizer may leave a leading
+    space out of the span). Text scored under another model's tokenizer is lined up by it (RSD
+    judges each teacher token by the student's tokens that end in it).
     """
 
     pieces: list[str]
@@ -163,6 +169,7 @@ class TokenScores:
     truncated: bool = False
     ranks: list[int] | None = None
     rank_limit: int | None = None
+    offsets: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.logprobs)

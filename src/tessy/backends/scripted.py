@@ -27,11 +27,13 @@ from ..errors import BackendError
 from ..tokenizers import FakeTokenizer, Tokenizer
 from .base import Backend, FinishReason, GenerateRequest, Generation, ScoreRequest, StreamDelta, TokenScores
 
-__all__ = ["Continuation", "ScriptedBackend"]
+__all__ = ["Continuation", "PieceScorer", "ScriptedBackend"]
 
 #: A scripted continuation: text (split by the tokenizer), explicit token strings, or an error to raise.
 Continuation = str | Sequence[str] | BaseException
 Responder = Callable[[GenerateRequest], Continuation]
+#: A scripted scorer: the log-probability of each token (piece) of a continuation, given the request.
+PieceScorer = Callable[[ScoreRequest, Sequence[str]], Sequence[float]]
 #: Samples whose cursor a cycling fake remembers at most.
 _MAX_TRACKED = 8192
 #: Log-probabilities the fake gives, when scoring, to a token of its script and to any other.
@@ -61,6 +63,7 @@ class ScriptedBackend(Backend):
         max_concurrency: int = 64,
         known_pieces: Iterable[str] | None = None,
         token_ids: bool = False,
+        scorer: PieceScorer | None = None,
     ) -> None:
         super().__init__(max_concurrency=max_concurrency)
         if (script is None) == (responder is None):
@@ -82,6 +85,10 @@ class ScriptedBackend(Backend):
         self.record = record
         #: Every request received, in order (when ``record`` is on).
         self.requests: list[GenerateRequest] = []
+        #: Every scoring request received, in order (when ``record`` is on).
+        self.score_requests: list[ScoreRequest] = []
+        #: Scores each piece of a continuation in place of the known/unknown rule (:meth:`score`).
+        self.scorer = scorer
         #: How many requests are running now, and the most that ever ran at once.
         self.in_flight = 0
         self.max_in_flight = 0
@@ -106,7 +113,8 @@ class ScriptedBackend(Backend):
         it returned last time (nothing was cut), it carries on from the cursor, as a model would;
         otherwise it starts afresh at the response after the one its last request began in. Only a stop string (``</think>`` in a
         response) ends a thinking request early. The first response of a sample is chosen by a
-        stable hash of its id. An answer request gets one of ``answers`` (else of ``responses``), which ends like a turn does.
+        stable hash of its id. An answer request gets one of ``answers`` (else of ``responses``), which ends like a turn does;
+        one whose prompt ends with the start of that answer gets the rest of it.
         """
         if not responses:
             raise ValueError("cycling() needs at least one response")
@@ -125,7 +133,13 @@ class ScriptedBackend(Backend):
             sid = request.sample_id
             if request.phase == "answer":
                 pool = split_answers or split
-                return pool[start(sid, len(pool))]
+                answer = pool[start(sid, len(pool))]
+                # A prompt that already ends with the answer's first pieces (an answer written a
+                # few tokens at a time, as RSD does) is continued, not begun again.
+                for k in range(len(answer), 0, -1):
+                    if request.prompt.view.endswith("".join(answer[:k])):
+                        return answer[k:]
+                return answer
             cursor = cursors.get(sid)
             if cursor is None:
                 r, p = start(sid, len(split)), 0
@@ -200,9 +214,21 @@ class ScriptedBackend(Backend):
             self.in_flight -= 1
 
     async def score(self, request: ScoreRequest) -> TokenScores:
+        if self.record:
+            self.score_requests.append(request)
         pieces = self.tokenizer.pieces(request.continuation)
+        spans, at = [], 0
+        for p in pieces:
+            spans.append((at, at + len(p)))
+            at += len(p)
         known = self.known_pieces
-        scores = TokenScores(pieces, [KNOWN_LOGPROB if p in known else UNKNOWN_LOGPROB for p in pieces])
+        if self.scorer is not None:
+            values = [float(v) for v in self.scorer(request, pieces)]
+            if len(values) != len(pieces):
+                raise AssertionError(f"the scorer gave {len(values)} scores for {len(pieces)} pieces")
+        else:
+            values = [KNOWN_LOGPROB if p in known else UNKNOWN_LOGPROB for p in pieces]
+        scores = TokenScores(pieces, values, offsets=spans)
         if request.top_k > 0:
             # As a server that lists the top-k alternatives: its own tokens come first, any other
             # is beyond the list (censored).

@@ -387,11 +387,13 @@ def echo_scores(logprobs: object, start: int, end: int, *, where: str, top_k: in
     ranks: list[int] | None = [] if isinstance(tops, list) and len(tops) == len(tokens) else None
     pieces: list[str] = []
     scores: list[float] = []
+    spans: list[tuple[int, int]] = []
     for i, (tok, value, offset) in enumerate(zip(tokens, values, offsets, strict=True)):
         if offset < start or offset >= end or not isinstance(value, (int, float)):
             continue  # the prompt, the seam, the generated token, or no prediction (the first)
         pieces.append(str(tok))
         scores.append(float(value))
+        spans.append((offset - start, min(offset + len(str(tok)), end) - start))
         if ranks is not None:
             top = tops[i] if tops is not None else None
             if not isinstance(top, dict):
@@ -401,7 +403,14 @@ def echo_scores(logprobs: object, start: int, end: int, *, where: str, top_k: in
             ranks.append(min(higher, top_k) + 1)
     if top_k > 0 and ranks is None:
         logger.warning("%s returned no top_logprobs of the prompt's tokens: no ranks", where)
-    return TokenScores(pieces, scores, truncated=False, ranks=ranks, rank_limit=top_k if ranks is not None else None)
+    return TokenScores(
+        pieces,
+        scores,
+        truncated=False,
+        ranks=ranks,
+        rank_limit=top_k if ranks is not None else None,
+        offsets=spans,
+    )
 
 
 def align(text: str, tokens: list[str] | None, tokenizer: Tokenizer | None) -> list[str]:

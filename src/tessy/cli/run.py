@@ -39,6 +39,9 @@ def summary_table(summary: RunSummary, title: str = "tessy run") -> Table:
         "switches per sample": f"{summary.switches_per_sample:.1f}",
         "requests (tried again after a fault)": f"{summary.requests} ({summary.retried_requests})",
         "discarded tokens": summary.discarded_tokens,
+        "cost per kept token (requests / tokens generated)": (
+            f"{summary.requests_per_kept_token:.3f} / {summary.generated_per_kept_token:.2f}"
+        ),
         "prompts not extending the last (prefix misses)": summary.prefix_misses,
         "guards fired": dict(summary.guards) if summary.guards else "none",
         "tokens/s": f"{summary.tokens_per_s:.1f}",

@@ -36,6 +36,7 @@ __all__ = [
     "HFRole",
     "LexiconPredictorConfig",
     "LlamaCppRole",
+    "MethodsConfig",
     "ModelRef",
     "OpenAIRole",
     "PredictorConfig",
@@ -324,6 +325,36 @@ class GuardsConfig(_Model):
         return self
 
 
+class MethodsConfig(_Model):
+    """Parameters of the comparison methods (``mode:`` teacher-score, teacher-reference,
+    teacher-mix, rsd, student-select); the other modes ignore them."""
+
+    candidates: int = Field(5, ge=1, description="teacher-score, student-select: candidates written per sample.")
+    score_prompt: ConfigPath | None = Field(
+        None,
+        description="teacher-score: the prompt file the teacher grades a candidate with ({question}, {thinking}, "
+        "{answer}; the last 'Score: N' it writes is read). Default: tessy's own (the paper did not publish its).",
+    )
+    score_max_tokens: int = Field(1024, ge=1, description="teacher-score: tokens the teacher may write to grade.")
+    reference_prompt: ConfigPath | None = Field(
+        None,
+        description="teacher-reference: the prompt file the student writes with ({question}, {reference}: the "
+        "teacher's answer). Default: tessy's own (the paper did not publish its).",
+    )
+    rsd_threshold: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="rsd: a teacher token is kept when the student's probability of it is at least this.",
+    )
+    rsd_propose_tokens: int = Field(
+        16, ge=1, description="rsd: teacher tokens proposed, and scored by the student in one request, at a time."
+    )
+    mix_teacher_share: float = Field(
+        0.5, ge=0, le=1, description="teacher-mix: the share of samples (chosen by id) that are teacher-only."
+    )
+
+
 class DataConfig(_Model):
     """Where prompts come from and where records go; none of it changes the data but ``preset``
     and ``fields`` (hashed when set: a preset writes the prompts)."""
@@ -387,6 +418,12 @@ class SynthConfig(_Model):
     teacher: RoleConfig
     student: RoleConfig
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
+    methods: MethodsConfig | None = Field(
+        None,
+        description="Parameters of the comparison modes (teacher-score, teacher-reference, teacher-mix, rsd, "
+        "student-select); unset: their defaults.",
+        json_schema_extra=HASHED_WHEN_SET,
+    )
     data: DataConfig = Field(default_factory=DataConfig, json_schema_extra=NOT_HASHED)
     max_in_flight: int = Field(256, ge=1, description="Samples in progress at once.", json_schema_extra=NOT_HASHED)
     limit: int | None = Field(

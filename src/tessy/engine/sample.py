@@ -25,10 +25,10 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from ..backends.base import Backend, GenerateRequest, Generation, Prompt
 from ..boundary.base import CutQuery
@@ -53,6 +53,8 @@ from .policy import Limits, Role
 __all__ = ["SampleRun"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class _Failed(Exception):
@@ -462,21 +464,26 @@ class SampleRun:
         self, role: Role, prompt: Prompt, max_tokens: int, stop: tuple[str, ...], phase: Phase = "think"
     ) -> Generation:
         request = self._request(role, prompt, max_tokens, stop, phase)
+        gen = await self._call(role, lambda: role.backend.generate(request), "request")
+        self.stats.retried_requests += gen.retries
+        self._count_prompt(gen.prompt_tokens, gen.cached_tokens)
+        return gen
 
-        async def attempt() -> Generation:
+    async def _call(self, role: Role, send: Callable[[], Awaitable[T]], what: str) -> T:
+        """One request to ``role``'s backend (``send``), counted, bounded by the backend's slot
+        and tried again against the sample's failure budget."""
+
+        async def attempt() -> T:
             self.stats.requests += 1
             if self.budget.failures > failures[0]:  # the attempt before this one failed
                 failures[0] = self.budget.failures
                 self.stats.retried_requests += 1
             async with self.slot(role.backend):
-                gen = await role.backend.generate(request)
-            self.stats.retried_requests += gen.retries
-            self._count_prompt(gen.prompt_tokens, gen.cached_tokens)
-            return gen
+                return await send()
 
         failures = [self.budget.failures]
         try:
-            return await call_with_retries(attempt, self.budget, what=f"sample {self.sample.id}: a {role.name} request")
+            return await call_with_retries(attempt, self.budget, what=f"sample {self.sample.id}: a {role.name} {what}")
         except BackendError as exc:
             raise self._failed(exc) from None
         finally:

@@ -23,6 +23,7 @@ from ..backends.base import Backend
 from ..errors import OutageError
 from ..records import Failure, Mode, Sample, SampleResult, SampleStats, Source
 from ..workers import map_unordered
+from .methods import METHOD_RUNS, MethodSettings
 from .pacing import Pacer
 from .policy import Limits, Role
 from .sample import SampleRun
@@ -50,6 +51,7 @@ class Engine:
         limits: Limits | None = None,
         streaming: bool = False,
         pacer: Pacer | None = None,
+        methods: MethodSettings | None = None,
     ) -> None:
         if teacher.name != "teacher" or student.name != "student":
             raise ValueError("the roles must be named 'teacher' and 'student'")
@@ -62,6 +64,15 @@ class Engine:
                 backend = self.roles[name].backend
                 if not backend.supports_streaming:
                     raise ValueError(f"streaming is on but the {name}'s backend {type(backend).__name__} cannot stream")
+        #: The comparison methods' parameters (used by the modes of :mod:`tessy.engine.methods`).
+        self.methods = methods or MethodSettings()
+        if self.mode.needs_student_scores and not student.backend.supports_scoring:
+            raise ValueError(
+                f"mode {self.mode.value} needs the student's log-probabilities of given text, and the student's "
+                f"backend ({type(student.backend).__name__}) cannot give them; use backend: hf (in-process), "
+                "or backend: openai with server: vllm or sglang (echo with logprobs). llama.cpp returns "
+                "log-probabilities of generated tokens only"
+            )
         self._slots: dict[int, asyncio.Semaphore] = {}
         #: Bounds requests in flight while the event loop lags (``None``: only the backends'
         #: own limits). Streams need it most: a late reader is a late abort.
@@ -116,6 +127,11 @@ class Engine:
         :class:`OutageError` (a model down past ``outage_timeout_s``) is raised: it ends the run."""
         try:
             async with self.session(sample.id):
+                if self.mode.is_method:
+                    return await METHOD_RUNS[self.mode](
+                        sample, self.roles, settings=self.methods, session=self.session, mode=self.mode,
+                        limits=self.limits, streaming=self.streaming, slot=self.slot,
+                    ).run()  # fmt: skip
                 return await SampleRun(
                     sample, self.roles, mode=self.mode, limits=self.limits, streaming=self.streaming, slot=self.slot
                 ).run()

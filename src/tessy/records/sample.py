@@ -23,6 +23,28 @@ class Mode(str, enum.Enum):
     TEACHER_THINK = "teacher-think"
     TEACHER_ANSWER = "teacher-answer"
     TESSY_TEACHER_ANSWER = "tessy-teacher-answer"
+    #: The student writes N candidates (student-only), the teacher scores each, the best is kept.
+    TEACHER_SCORE = "teacher-score"
+    #: The teacher writes a response; the student then writes its own with it as a reference.
+    TEACHER_REFERENCE = "teacher-reference"
+    #: Each sample is teacher-only or student-only, chosen by its id (1:1 by default).
+    TEACHER_MIX = "teacher-mix"
+    #: Reverse speculative decoding: the teacher proposes each token, the student keeps it if it
+    #: finds it likely enough, else writes that position itself.
+    RSD = "rsd"
+    #: The teacher writes N candidates (teacher-only); the one the student finds most likely is kept.
+    STUDENT_SELECT = "student-select"
+
+    @property
+    def is_method(self) -> bool:
+        """Whether this mode is one of the comparison methods built from whole runs of the basic
+        modes or token by token (``tessy.engine.methods``) rather than the turn-taking loop."""
+        return self in _METHODS
+
+    @property
+    def needs_student_scores(self) -> bool:
+        """Whether the mode needs the student's log-probabilities of given text."""
+        return self in (Mode.RSD, Mode.STUDENT_SELECT)
 
     @property
     def thinker(self) -> Source | None:
@@ -36,6 +58,8 @@ class Mode(str, enum.Enum):
     @property
     def roles(self) -> tuple[Source, ...]:
         """The roles this mode uses."""
+        if self in _METHODS:
+            return ("teacher", "student")
         used = {self.answerer} | ({self.thinker} if self.thinker else {"teacher", "student"})
         return tuple(r for r in ("teacher", "student") if r in used)
 
@@ -47,6 +71,11 @@ _THINKER: dict[Mode, Source | None] = {
     Mode.TEACHER_THINK: "teacher",
     Mode.TEACHER_ANSWER: "student",
     Mode.TESSY_TEACHER_ANSWER: None,
+    Mode.TEACHER_SCORE: "student",
+    Mode.TEACHER_REFERENCE: "student",
+    Mode.TEACHER_MIX: None,  # per sample: all the teacher's or all the student's
+    Mode.RSD: None,
+    Mode.STUDENT_SELECT: "teacher",
 }
 _ANSWERER: dict[Mode, Source] = {
     Mode.TESSY: "student",
@@ -55,7 +84,13 @@ _ANSWERER: dict[Mode, Source] = {
     Mode.TEACHER_THINK: "student",
     Mode.TEACHER_ANSWER: "teacher",
     Mode.TESSY_TEACHER_ANSWER: "teacher",
+    Mode.TEACHER_SCORE: "student",
+    Mode.TEACHER_REFERENCE: "student",
+    Mode.TEACHER_MIX: "student",  # per sample (see check.py): the thinker's
+    Mode.RSD: "student",  # both roles write the answer token by token (see check.py)
+    Mode.STUDENT_SELECT: "teacher",
 }
+_METHODS = frozenset({Mode.TEACHER_SCORE, Mode.TEACHER_REFERENCE, Mode.TEACHER_MIX, Mode.RSD, Mode.STUDENT_SELECT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +165,24 @@ class SampleStats:
     answer_tokens: int = 0
     guards: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    # The comparison methods' counters (``Mode.is_method``); a record holds them only where set.
+    #: Whole responses generated to choose from (teacher-score, student-select), or the
+    #: teacher's reference response (teacher-reference). Those not kept count as discarded tokens.
+    candidates: int = 0
+    #: Each candidate's score in the order generated (the teacher's score, or the student's mean
+    #: log-probability per token); ``None``: it failed or gave no score.
+    candidate_scores: list[float | None] = field(default_factory=list)
+    #: Which candidate the record is (the first of the best scores).
+    kept_candidate: int | None = None
+    #: Requests, of ``requests``, that scored text: the student's log-probabilities of given
+    #: text, or the teacher asked for a score.
+    score_requests: int = 0
+    #: RSD: teacher tokens proposed, and teacher tokens the student found unlikely and replaced.
+    proposed_tokens: int = 0
+    replaced_tokens: int = 0
+    #: teacher-reference: the student wrote with the teacher's response in its prompt; the
+    #: record's messages keep the user's prompt as it was given.
+    reference_in_prompt: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -154,6 +207,7 @@ class SampleStats:
             "teacher_share": round(self.teacher_share, 4),
             "guards": list(self.guards),
             "wall_s": round(self.wall_s, 3),
+            **self._method_json(),
         }
         # Written only when there is something to say: older lines stay as they were.
         if self.glued_handoffs:
@@ -161,6 +215,20 @@ class SampleStats:
         if self.reported_prompt_tokens:
             out["reported_prompt_tokens"] = self.reported_prompt_tokens
             out["cached_prompt_tokens"] = self.cached_prompt_tokens
+        return out
+
+    def _method_json(self) -> dict[str, Any]:
+        """The comparison methods' counters that are set (records of other modes stay as they were)."""
+        out: dict[str, Any] = {}
+        for key in ("candidates", "score_requests", "proposed_tokens", "replaced_tokens"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        if self.candidate_scores:
+            out["candidate_scores"] = [None if s is None else round(s, 6) for s in self.candidate_scores]
+        if self.kept_candidate is not None:
+            out["kept_candidate"] = self.kept_candidate
+        if self.reference_in_prompt:
+            out["reference_in_prompt"] = True
         return out
 
     @classmethod
@@ -190,6 +258,13 @@ class SampleStats:
             answer_tokens=_int(obj, "answer_tokens"),
             guards=[str(g) for g in guards],
             wall_s=_float(obj, "wall_s"),
+            candidates=_int(obj, "candidates"),
+            candidate_scores=_scores(obj.get("candidate_scores")),
+            kept_candidate=None if obj.get("kept_candidate") is None else _int(obj, "kept_candidate"),
+            score_requests=_int(obj, "score_requests"),
+            proposed_tokens=_int(obj, "proposed_tokens"),
+            replaced_tokens=_int(obj, "replaced_tokens"),
+            reference_in_prompt=bool(obj.get("reference_in_prompt", False)),
         )
 
 
@@ -265,6 +340,16 @@ def _int(obj: dict[str, Any], key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{key!r} is not a whole number")
     return value
+
+
+def _scores(value: Any) -> list[float | None]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or any(
+        v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in value
+    ):
+        raise ValueError("'candidate_scores' is not a list of numbers or nulls")
+    return [None if v is None else float(v) for v in value]
 
 
 # Readers of stored JSON (here and in .stored): a field's value of the right type, or ValueError.

@@ -40,6 +40,9 @@ class RunStats:
     reported_prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
     guards: Counter[str] = field(default_factory=Counter)
+    #: Of ``requests``: those that scored text (comparison modes), and candidates written.
+    score_requests: int = 0
+    candidates: int = 0
 
     def add(self, item: SampleResult | Record | FailureRecord) -> None:
         """Count one sample: an engine result, or a record or failure record read back."""
@@ -53,6 +56,8 @@ class RunStats:
         self.glued_handoffs += stats.glued_handoffs
         self.reported_prompt_tokens += stats.reported_prompt_tokens
         self.cached_prompt_tokens += stats.cached_prompt_tokens
+        self.score_requests += stats.score_requests
+        self.candidates += stats.candidates
         self.guards.update(stats.guards)
         if failure is not None:
             self.failed[failure.kind] += 1
@@ -98,3 +103,13 @@ class RunStats:
     @property
     def discarded_per_kept(self) -> float:
         return ratio(self.discarded_tokens, self.total_tokens)
+
+    @property
+    def requests_per_kept_token(self) -> float:
+        """Requests (scoring ones included, failed samples' too) per token in the records."""
+        return ratio(self.requests, self.total_tokens)
+
+    @property
+    def generated_per_kept_token(self) -> float:
+        """Tokens generated (kept or discarded) per token in the records: what each kept token cost."""
+        return ratio(self.total_tokens + self.discarded_tokens, self.total_tokens)

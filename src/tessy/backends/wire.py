@@ -7,8 +7,8 @@ from __future__ import annotations
 import codecs
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
+from typing import Any, Union
 
 import httpx
 import orjson
@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: A stream's body: an httpx response, or its bytes as they are read (see :mod:`.http1`).
+Body = Union[httpx.Response, AsyncIterable[bytes]]
 
 _WORDS = FakeTokenizer()  # splits text into word-level pieces when a server gives no per-token text
 
@@ -113,7 +116,7 @@ class StopHold:
 
 
 async def sse_deltas(
-    response: httpx.Response, unsplit: Callable[[int], None] | None = None
+    response: Body, unsplit: Callable[[int], None] | None = None
 ) -> AsyncGenerator[StreamDelta, None]:
     """Deltas from an OpenAI-style SSE stream (``data: {...}`` events, then ``data: [DONE]``),
     one token each: :func:`sse_batches`, one delta at a time."""
@@ -123,7 +126,7 @@ async def sse_deltas(
 
 
 async def sse_batches(
-    response: httpx.Response, unsplit: Callable[[int], None] | None = None
+    response: Body, unsplit: Callable[[int], None] | None = None
 ) -> AsyncGenerator[list[StreamDelta], None]:
     """Deltas from an OpenAI-style SSE stream (``data: {...}`` events, then ``data: [DONE]``),
     one token each, in a list per network read (so a client that reads late can take a burst
@@ -233,13 +236,14 @@ def _copy(ids: list[int] | None) -> list[int] | None:
     return list(ids) if ids is not None else None
 
 
-async def _data_batches(response: httpx.Response) -> AsyncGenerator[list[bytes], None]:
+async def _data_batches(response: Body) -> AsyncGenerator[list[bytes], None]:
     """The payloads of an SSE stream's ``data:`` lines (as bytes, stripped), a list per read.
 
     Lines end in ``\n``, ``\r\n`` or a lone ``\r`` (all three are SSE line ends); bytes are
     split as they come, with no text decoding: JSON is parsed from the bytes."""
     buffer = b""
-    async for data in response.aiter_bytes():
+    reads = response.aiter_bytes() if isinstance(response, httpx.Response) else response
+    async for data in reads:
         buffer = buffer + data if buffer else data
         if b"\r" in buffer:
             # A lone CR may be the first half of a CRLF that the next read completes.

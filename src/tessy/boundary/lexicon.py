@@ -70,6 +70,8 @@ _SPACE = re.compile(r"\s")
 _ALNUM = re.compile(r"[^\W_]")
 _WORD_START = re.compile(r"(?<!\w)\w")
 _LAST_ALNUM = re.compile(r"[^\W_](?=[\W_]*\Z)")
+#: Whitespace that normalizing changes: runs of it, and any but a plain space.
+_ODD_SPACE = re.compile(r"\s\s|[^\S ]")
 
 
 def read_phrases(path: Path) -> list[str]:
@@ -152,8 +154,16 @@ class LexiconPredictor(NextTokenTypePredictor):
         first = len(fields[0]) if len(fields) > self._most_words else 0
         ends_in_word = text[-1:].isalnum()
         prefixes, whole = self._open_prefixes, self._phrase_set
-        for m in _WORD_START.finditer(text, max(first, len(text) - 4 * self._longest)):
-            rest = _norm(text[m.start() :])
+        lowest = max(first, len(text) - 4 * self._longest)
+        # Where the text from there on has single spaces only and lower case changes no length
+        # (nor depends on context, as a final sigma does), it is normalized once, not once per
+        # word start.
+        region = text[lowest:]
+        low = region.lower().replace("’", "'")
+        plain = len(low) == len(region) and "Σ" not in region and _ODD_SPACE.search(region) is None
+        normed = low if plain else None
+        for m in _WORD_START.finditer(text, lowest):
+            rest = normed[m.start() - lowest :] if normed is not None else _norm(text[m.start() :])
             if rest in prefixes or (ends_in_word and rest in whole):
                 frontier = m.start()
                 break

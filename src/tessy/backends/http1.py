@@ -50,6 +50,11 @@ class _Buffered(asyncio.Protocol):
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.paused = False
+        # The read timeout: one timer a connection, set again only when it fires (a timer per
+        # read would cost more than the read).
+        self.timeout = 0.0
+        self.since = 0.0  # when the reader last began waiting or last got bytes
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -78,6 +83,29 @@ class _Buffered(asyncio.Protocol):
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self.eof and self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def _check_timeout(self) -> None:
+        """Fail the waiting read that has had no bytes for the timeout; else look again later."""
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return  # no read waits: the next one sets the timer again
+        loop = asyncio.get_running_loop()
+        due = self.since + self.timeout
+        if loop.time() >= due:
+            waiter.set_exception(TimeoutError("no bytes from the server within the read timeout"))
+        else:
+            self.timer = loop.call_at(due, self._check_timeout)
 
     async def read(self, timeout: float) -> bytes:
         """All bytes received since the last read (waiting up to ``timeout`` for some); ``b""``
@@ -85,11 +113,13 @@ class _Buffered(asyncio.Protocol):
         if not self.data and not self.eof:
             loop = asyncio.get_running_loop()
             waiter = self.waiter = loop.create_future()
-            timer = loop.call_later(timeout, _expire, waiter)
+            self.since = loop.time()
+            self.timeout = timeout
+            if self.timer is None:
+                self.timer = loop.call_at(self.since + timeout, self._check_timeout)
             try:
                 await waiter
             finally:
-                timer.cancel()
                 self.waiter = None
         if self.data:
             data = self.data[0] if len(self.data) == 1 else b"".join(self.data)
@@ -102,11 +132,6 @@ class _Buffered(asyncio.Protocol):
         if self.error is not None:
             raise ConnectionError(f"the connection was lost ({self.error})")
         return b""
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError("no bytes from the server within the read timeout"))
 
 
 class Http1Stream:
@@ -193,9 +218,7 @@ class Http1Stream:
 
     def close(self) -> None:
         """Close the connection (mid-response, this aborts the request on the server)."""
-        transport = self._conn.transport
-        if transport is not None:
-            transport.close()
+        self._conn.close()
 
 
 async def post_stream(
@@ -240,5 +263,5 @@ async def post_stream(
                 fields[key.strip().lower()] = value.strip()
         return Http1Stream(conn, int(code), reason, fields, rest)
     except BaseException:
-        transport.close()
+        conn.close()
         raise

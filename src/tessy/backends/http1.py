@@ -182,6 +182,8 @@ class Http1Stream:
         return b"".join([part async for part in self.reads(timeout)])
 
     def _dechunk(self, data: bytes) -> bytes:
+        if self.complete:
+            return b""  # the trailers' end, which no one reads
         buf = self._raw + data if self._raw else data
         out: list[bytes] = []
         pos, end = 0, len(buf)

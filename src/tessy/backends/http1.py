@@ -36,7 +36,7 @@ def plain_http(url: str) -> bool:
     if not (proxies.get("http") or proxies.get("all")):
         return True
     host = urlsplit(url).hostname or ""
-    return bool(urllib.request.proxy_bypass_environment(host, proxies))
+    return bool(urllib.request.proxy_bypass_environment(host, proxies))  # type: ignore[attr-defined]
 
 
 class _Buffered(asyncio.Protocol):

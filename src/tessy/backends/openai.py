@@ -368,7 +368,9 @@ class OpenAICompletionsBackend(Backend):
     @classmethod
     def _check_status(cls, ep: Endpoint, response: httpx.Response, body: bytes) -> None:
         if response.status_code >= 400:
-            cls._raise_status(ep, response.status_code, response.reason_phrase, response.headers.get("retry-after"), body)
+            cls._raise_status(
+                ep, response.status_code, response.reason_phrase, response.headers.get("retry-after"), body
+            )
 
     @staticmethod
     def _raise_status(ep: Endpoint, status: int, reason: str, retry_after: str | None, body: bytes) -> None:

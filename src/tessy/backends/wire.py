@@ -8,7 +8,7 @@ import codecs
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import httpx
 import orjson
@@ -41,7 +41,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: A stream's body: an httpx response, or its bytes as they are read (see :mod:`.http1`).
-Body = Union[httpx.Response, AsyncIterable[bytes]]
+Body: TypeAlias = httpx.Response | AsyncIterable[bytes]
 
 _WORDS = FakeTokenizer()  # splits text into word-level pieces when a server gives no per-token text
 
@@ -115,9 +115,7 @@ class StopHold:
         return out
 
 
-async def sse_deltas(
-    response: Body, unsplit: Callable[[int], None] | None = None
-) -> AsyncGenerator[StreamDelta, None]:
+async def sse_deltas(response: Body, unsplit: Callable[[int], None] | None = None) -> AsyncGenerator[StreamDelta, None]:
     """Deltas from an OpenAI-style SSE stream (``data: {...}`` events, then ``data: [DONE]``),
     one token each: :func:`sse_batches`, one delta at a time."""
     async for batch in sse_batches(response, unsplit):

@@ -507,10 +507,14 @@ class OpenAICompletionsBackend(Backend):
                 return opened
 
             lean, retries = await self._with_retries(self._key(request), open_lean)
-            body = lean.reads(self._read_timeout)
+            reads = lean.reads(self._read_timeout)
+            body = reads
 
             async def close() -> None:
-                lean.close()
+                try:
+                    await reads.aclose()
+                finally:
+                    lean.close()
 
         else:
 

@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 client for streamed completions over plain ``http://``.
+"""A lean HTTP/1.1 client for completions over plain ``http://``.
 
 A stream costs the client one small Python step per network read here: the socket's bytes are
 buffered by an :class:`asyncio.Protocol`, and the reader takes all that came since its last
@@ -7,8 +7,9 @@ body's bytes on. General clients (httpx on httpcore, h11 and anyio) spend severa
 per server-sent event, and a streaming client reads one event per token.
 
 Each stream has its own connection, closed when the stream is (closing it is what aborts the
-request on the server, so a stream stopped early could not give its connection back anyway).
-Failures are raised as built-in exceptions for the backend to translate: :class:`TimeoutError`
+request on the server, so a stream stopped early could not give its connection back anyway);
+whole responses go over keep-alive connections (:class:`Http1Client`). No request asks for a
+compressed body. Failures are raised as built-in exceptions for the backend to translate: :class:`TimeoutError`
 (no connection, or no bytes, within the timeout) and :class:`ConnectionError` (refused, lost,
 or an answer that is not HTTP/1.x).
 """
@@ -18,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 from collections.abc import AsyncGenerator, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
-__all__ = ["Http1Stream", "plain_http", "post_stream"]
+__all__ = ["Http1Client", "Http1Stream", "plain_http", "post_stream"]
 
 _MAX_HEAD = 64 * 1024
 #: Reading pauses while this many received bytes wait for the reader.
@@ -46,6 +47,7 @@ class _Buffered(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.data: list[bytes] = []
         self.size = 0
+        self.received = 0  # bytes since the last request went out on this connection
         self.eof = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -63,6 +65,7 @@ class _Buffered(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.data.append(data)
         self.size += len(data)
+        self.received += len(data)
         if self.size > _HIGH_WATER and self.transport is not None and not self.paused:
             self.paused = True
             self.transport.pause_reading()
@@ -153,6 +156,9 @@ class Http1Stream:
         self._raw = b""  # chunked framing not yet complete
         self._size = 0  # chunk bytes still to come; 0: a size line next; -1: the CRLF after a chunk
         self.complete = False
+        #: Where it came from, and whether its connection may carry another request.
+        self.netloc = ""
+        self.keep_alive = False
 
     async def reads(self, timeout: float) -> AsyncGenerator[bytes, None]:
         """The body's bytes, one piece per network read (none empty), until the body ends."""
@@ -223,24 +229,94 @@ class Http1Stream:
         self._conn.close()
 
 
+class Http1Client:
+    """Requests over HTTP/1.1 connections of their own, but for whole responses read to their
+    end on a keep-alive connection: that connection waits, idle, for the next request to the
+    same host (:meth:`release`). A request that finds its idle connection closed by the server
+    before any byte of an answer goes again on a new connection."""
+
+    def __init__(self, max_idle: int = 64) -> None:
+        self.max_idle = max_idle
+        self._idle: dict[str, list[_Buffered]] = {}
+
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        connect_timeout: float,
+        timeout: float,
+        reuse: bool = False,
+    ) -> Http1Stream:
+        """``POST body`` to ``url``; the response once its head has come. The caller closes it
+        (:meth:`Http1Stream.close`) or, read to its end, gives it back (:meth:`release`).
+        ``reuse``: an idle connection to the host may carry it."""
+        parts = urlsplit(url)
+        if reuse:
+            idle = self._idle.get(parts.netloc)
+            while idle:
+                conn = idle.pop()
+                if conn.eof or conn.data or conn.transport is None or conn.transport.is_closing():
+                    conn.close()
+                    continue
+                conn.received = 0
+                try:
+                    return await _exchange(conn, parts, body, headers, timeout)
+                except ConnectionError:
+                    if conn.received:
+                        raise
+                    # Closed while idle (the server's keep-alive timeout): a new connection.
+        return await _exchange(await _connect(parts, connect_timeout), parts, body, headers, timeout)
+
+    def release(self, response: Http1Stream) -> None:
+        """Keep the connection of a response read to its end for the next request, where the
+        server keeps it open; close it otherwise."""
+        conn = response._conn
+        idle = self._idle.setdefault(response.netloc, [])
+        if response.complete and response.keep_alive and not conn.eof and not conn.data and len(idle) < self.max_idle:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+
 async def post_stream(
     url: str, body: bytes, headers: Mapping[str, str], *, connect_timeout: float, timeout: float
 ) -> Http1Stream:
     """``POST body`` to ``url`` on a new connection; the response once its head has come. The
     caller closes it (:meth:`Http1Stream.close`)."""
     parts = urlsplit(url)
+    return await _exchange(await _connect(parts, connect_timeout), parts, body, headers, timeout)
+
+
+async def _connect(parts: SplitResult, connect_timeout: float) -> _Buffered:
     host = parts.hostname or "localhost"
     port = parts.port or 80
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     loop = asyncio.get_running_loop()
     conn = _Buffered()
     try:
         await asyncio.wait_for(loop.create_connection(lambda: conn, host, port), connect_timeout)
     except asyncio.TimeoutError:
         raise TimeoutError(f"no connection to {host}:{port} within {connect_timeout} s") from None
+    return conn
+
+
+async def _exchange(
+    conn: _Buffered, parts: SplitResult, body: bytes, headers: Mapping[str, str], timeout: float
+) -> Http1Stream:
+    """Send the request on ``conn``; the response once its head has come (``conn`` is closed
+    if it fails)."""
     transport = conn.transport
     assert transport is not None
     try:
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         lines = [f"POST {target} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {len(body)}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
@@ -263,7 +339,14 @@ async def post_stream(
             key, sep, value = line.partition(":")
             if sep:
                 fields[key.strip().lower()] = value.strip()
-        return Http1Stream(conn, int(code), reason, fields, rest)
+        response = Http1Stream(conn, int(code), reason, fields, rest)
+        response.netloc = parts.netloc
+        response.keep_alive = (
+            version == "HTTP/1.1"
+            and fields.get("connection", "").lower() != "close"
+            and all(k.lower() != "connection" or v.lower() != "close" for k, v in headers.items())
+        )
+        return response
     except BaseException:
         conn.close()
         raise

@@ -52,7 +52,7 @@ from ..errors import BackendError, ConfigError
 from ..retry import Backoff, FailureBudget, call_with_retries
 from ..tokenizers import Tokenizer
 from .base import Backend, GenerateRequest, Generation, ScoreRequest, StreamDelta, TokenScores
-from .http1 import Http1Stream, plain_http, post_stream
+from .http1 import Http1Client, Http1Stream, plain_http
 from .pool import Endpoint, EndpointPool
 from .wire import (
     Body,
@@ -153,8 +153,9 @@ class OpenAICompletionsBackend(Backend):
             self._secret = key
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._read_timeout = timeout_s
-        #: Streams go over the lean client (.http1) where every replica is plain HTTP.
+        #: Completions go over the lean client (.http1) where every replica is plain HTTP.
         self._lean = all(plain_http(ep.url) for ep in self.pool.endpoints)
+        self._http1 = Http1Client(max_idle=max_concurrency)
         self._client: httpx.AsyncClient | None = None
         #: [requests in flight, client] per small pool (see _completion_client).
         self._shards: list[list[Any]] = []
@@ -204,6 +205,7 @@ class OpenAICompletionsBackend(Backend):
         return shard
 
     async def aclose(self) -> None:
+        self._http1.close()
         shards, self._shards = self._shards, []
         for _, client in shards:
             await client.aclose()
@@ -395,10 +397,28 @@ class OpenAICompletionsBackend(Backend):
         content = _dumps(self._body(request, stream=False))
 
         async def once(ep: Endpoint) -> Generation:
-            async with self._completion_client() as client:
-                response = await client.post(f"{ep.url}/completions", content=content)
-                raw = await response.aread()
-            self._check_status(ep, response, raw)
+            if self._lean:
+                lean = await self._http1.post(
+                    f"{ep.url}/completions",
+                    content,
+                    self._headers,
+                    connect_timeout=self._timeout.connect or 10.0,
+                    timeout=self._read_timeout,
+                    reuse=True,
+                )
+                try:
+                    raw = await lean.read(self._read_timeout)
+                except BaseException:
+                    lean.close()
+                    raise
+                self._http1.release(lean)
+                if lean.status >= 400:
+                    self._raise_status(ep, lean.status, lean.reason, lean.headers.get("retry-after"), raw)
+            else:
+                async with self._completion_client() as client:
+                    response = await client.post(f"{ep.url}/completions", content=content)
+                    raw = await response.aread()
+                self._check_status(ep, response, raw)
             try:
                 data = loads(raw)
                 choice = data["choices"][0]
@@ -491,7 +511,7 @@ class OpenAICompletionsBackend(Backend):
             lean_headers = {**self._headers, "Accept": "text/event-stream", **(headers or {})}
 
             async def open_lean(ep: Endpoint) -> Http1Stream:
-                opened = await post_stream(
+                opened = await self._http1.post(
                     f"{ep.url}/completions",
                     content,
                     lean_headers,

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tessy.backends.http1 import Http1Stream, _Buffered, plain_http, post_stream
+from tessy.backends.http1 import Http1Client, Http1Stream, _Buffered, plain_http, post_stream
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -130,3 +130,42 @@ def test_only_plain_http_without_a_proxy_goes_over_the_lean_client(monkeypatch):
     assert not plain_http("http://10.0.0.5:8000/v1")
     monkeypatch.setenv("NO_PROXY", "10.0.0.5")
     assert plain_http("http://10.0.0.5:8000/v1")
+
+
+def test_whole_responses_reuse_their_connection_and_a_stale_one_is_replaced():
+    connections: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(len(connections))
+        mine = len(connections)
+        answered = 0
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                if mine == 1 and answered == 2:
+                    return  # closes without an answer: a keep-alive timeout that raced the request
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+                answered += 1
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+
+    async def go() -> list[bytes]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/completions"
+        client = Http1Client()
+        bodies = []
+        try:
+            for _ in range(4):
+                response = await client.post(url, b"{}", {}, connect_timeout=2, timeout=2, reuse=True)
+                bodies.append(await response.read(2))
+                client.release(response)
+        finally:
+            client.close()
+            server.close()
+        return bodies
+
+    assert asyncio.run(go()) == [b"ok"] * 4
+    assert len(connections) == 2  # two answers on the first, then the stale one replaced once

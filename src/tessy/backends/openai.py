@@ -51,6 +51,7 @@ import orjson
 from ..errors import BackendError, ConfigError
 from ..retry import Backoff, FailureBudget, call_with_retries
 from ..tokenizers import Tokenizer
+from ..version import __version__
 from .base import Backend, GenerateRequest, Generation, ScoreRequest, StreamDelta, TokenScores
 from .http1 import Http1Client, Http1Stream, plain_http
 from .pool import Endpoint, EndpointPool
@@ -156,6 +157,7 @@ class OpenAICompletionsBackend(Backend):
         #: Completions go over the lean client (.http1) where every replica is plain HTTP.
         self._lean = all(plain_http(ep.url) for ep in self.pool.endpoints)
         self._http1 = Http1Client(max_idle=max_concurrency)
+        self._lean_headers = {**self._headers, "User-Agent": f"tessy/{__version__}"}
         self._client: httpx.AsyncClient | None = None
         #: [requests in flight, client] per small pool (see _completion_client).
         self._shards: list[list[Any]] = []
@@ -401,7 +403,7 @@ class OpenAICompletionsBackend(Backend):
                 lean = await self._http1.post(
                     f"{ep.url}/completions",
                     content,
-                    self._headers,
+                    self._lean_headers,
                     connect_timeout=self._timeout.connect or 10.0,
                     timeout=self._read_timeout,
                     reuse=True,
@@ -508,7 +510,7 @@ class OpenAICompletionsBackend(Backend):
         body: Body
         close: Callable[[], Awaitable[None]]
         if self._lean:
-            lean_headers = {**self._headers, "Accept": "text/event-stream", **(headers or {})}
+            lean_headers = {**self._lean_headers, "Accept": "text/event-stream", **(headers or {})}
 
             async def open_lean(ep: Endpoint) -> Http1Stream:
                 opened = await self._http1.post(

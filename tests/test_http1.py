@@ -126,6 +126,7 @@ def test_only_plain_http_without_a_proxy_goes_over_the_lean_client(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     assert plain_http("http://10.0.0.5:8000/v1")
     assert not plain_http("https://api.example.com/v1")
+    assert not plain_http("http://user:secret@10.0.0.5:8000/v1")
     monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
     assert not plain_http("http://10.0.0.5:8000/v1")
     monkeypatch.setenv("NO_PROXY", "10.0.0.5")

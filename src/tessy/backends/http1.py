@@ -29,10 +29,11 @@ _HIGH_WATER = 1 << 20
 
 
 def plain_http(url: str) -> bool:
-    """Whether ``url`` can go over this client: plain ``http://`` and no proxy configured for
-    it in the environment (httpx would use one; this client does not speak to proxies)."""
-    if not url.startswith("http://"):
-        return False
+    """Whether ``url`` can go over this client: plain ``http://``, no credentials in it, and no
+    proxy configured for it in the environment (httpx would use one; this client does not
+    speak to proxies)."""
+    if not url.startswith("http://") or "@" in urlsplit(url).netloc:
+        return False  # TLS, or credentials in the URL (httpx sends them as basic auth)
     proxies = urllib.request.getproxies_environment()
     if not (proxies.get("http") or proxies.get("all")):
         return True

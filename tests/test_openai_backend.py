@@ -166,6 +166,25 @@ def test_api_key_is_sent_and_never_logged(server, monkeypatch, caplog):
         backend(server.url, api_key_env="TESSY_TEST_KEY")
 
 
+def test_streams_send_the_api_key_and_an_echoed_key_is_redacted(server, monkeypatch):
+    monkeypatch.setenv("TESSY_TEST_KEY", "sk-secret-456")
+
+    async def collect() -> list[tessy.StreamDelta]:
+        b = backend(server.url, api_key_env="TESSY_TEST_KEY", max_retries=0)
+        try:
+            return [d async for d in b.stream(request(max_tokens=2))]
+        finally:
+            await b.aclose()
+
+    assert [p for d in asyncio.run(collect()) for p in d.pieces] == ["The", " answer"]
+    headers = server.requests[0]["headers"]
+    assert headers["Authorization"] == "Bearer sk-secret-456" and headers["Accept"] == "text/event-stream"
+    server.queue("echo-key")
+    with pytest.raises(BackendError) as err:
+        asyncio.run(collect())
+    assert "sk-secret-456" not in str(err.value) and "[redacted]" in str(err.value)
+
+
 def test_pieces_always_concatenate_to_the_text():
     assert align("The answer", ["The", " answer"], None) == ["The", " answer"]
     # A stop string cut the last token short; a mismatch falls back to word pieces.

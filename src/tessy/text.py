@@ -199,8 +199,15 @@ def open_stop(text: str, stops: Sequence[str]) -> int | None:
     """Where the longest end of ``text`` that is the start of one of ``stops`` (but not all of
     it) begins, or ``None``: the text from there may yet become a stop string, or may not."""
     longest = max((len(x) for x in stops), default=0)
-    for start in range(max(0, len(text) - longest + 1), len(text)):
-        tail = text[start:]
-        if any(len(x) > len(tail) and x.startswith(tail) for x in stops):
-            return start
-    return None
+    lowest = max(0, len(text) - longest + 1)
+    found: int | None = None
+    # Such an end begins with a stop string's first character: look only where one is.
+    for first in {x[0] for x in stops if x}:
+        start = text.find(first, lowest)
+        while start >= 0 and (found is None or start < found):
+            tail = text[start:]
+            if any(len(x) > len(tail) and x.startswith(tail) for x in stops):
+                found = start
+                break
+            start = text.find(first, start + 1)
+    return found

@@ -51,9 +51,12 @@ import orjson
 from ..errors import BackendError, ConfigError
 from ..retry import Backoff, FailureBudget, call_with_retries
 from ..tokenizers import Tokenizer
+from ..version import __version__
 from .base import Backend, GenerateRequest, Generation, ScoreRequest, StreamDelta, TokenScores
+from .http1 import Http1Client, Http1Stream, plain_http
 from .pool import Endpoint, EndpointPool
 from .wire import (
+    Body,
     StopHold,
     align_counted,
     echo_scores,
@@ -150,6 +153,11 @@ class OpenAICompletionsBackend(Backend):
             self._headers["Authorization"] = f"Bearer {key}"
             self._secret = key
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._read_timeout = timeout_s
+        #: Completions go over the lean client (.http1) where every replica is plain HTTP.
+        self._lean = all(plain_http(ep.url) for ep in self.pool.endpoints)
+        self._http1 = Http1Client(max_idle=max_concurrency)
+        self._lean_headers = {**self._headers, "User-Agent": f"tessy/{__version__}"}
         self._client: httpx.AsyncClient | None = None
         #: [requests in flight, client] per small pool (see _completion_client).
         self._shards: list[list[Any]] = []
@@ -199,6 +207,7 @@ class OpenAICompletionsBackend(Backend):
         return shard
 
     async def aclose(self) -> None:
+        self._http1.close()
         shards, self._shards = self._shards, []
         for _, client in shards:
             await client.aclose()
@@ -325,6 +334,10 @@ class OpenAICompletionsBackend(Backend):
                     error = retryable(f"timed out ({type(exc).__name__})")
                 except httpx.TransportError as exc:
                     error = retryable(f"{type(exc).__name__}: {exc}")
+                except TimeoutError as exc:  # the lean stream client (.http1)
+                    error = retryable(f"timed out ({exc})")
+                except OSError as exc:
+                    error = retryable(f"{type(exc).__name__}: {exc}")
                 else:
                     self.pool.succeeded(ep)
                     return result
@@ -356,15 +369,18 @@ class OpenAICompletionsBackend(Backend):
             return False
         return response.status_code not in (502, 503, 504)
 
+    @classmethod
+    def _check_status(cls, ep: Endpoint, response: httpx.Response, body: bytes) -> None:
+        if response.status_code >= 400:
+            cls._raise_status(
+                ep, response.status_code, response.reason_phrase, response.headers.get("retry-after"), body
+            )
+
     @staticmethod
-    def _check_status(ep: Endpoint, response: httpx.Response, body: bytes) -> None:
-        status = response.status_code
-        if status < 400:
-            return
-        message = error_message(body) or response.reason_phrase
+    def _raise_status(ep: Endpoint, status: int, reason: str, retry_after: str | None, body: bytes) -> None:
+        message = error_message(body) or reason
         if status == 429 or status >= 500 or status == 408:
-            retry_after = retry_after_of(response.headers.get("retry-after"))
-            raise retryable(f"HTTP {status} from {ep.url}: {message}", retry_after=retry_after)
+            raise retryable(f"HTTP {status} from {ep.url}: {message}", retry_after=retry_after_of(retry_after))
         raise BackendError(f"HTTP {status} from {ep.url}: {message}", retryable=False, status=status)
 
     def _unsplit_event(self, n_tokens: int) -> None:
@@ -383,10 +399,28 @@ class OpenAICompletionsBackend(Backend):
         content = _dumps(self._body(request, stream=False))
 
         async def once(ep: Endpoint) -> Generation:
-            async with self._completion_client() as client:
-                response = await client.post(f"{ep.url}/completions", content=content)
-                raw = await response.aread()
-            self._check_status(ep, response, raw)
+            if self._lean:
+                lean = await self._http1.post(
+                    f"{ep.url}/completions",
+                    content,
+                    self._lean_headers,
+                    connect_timeout=self._timeout.connect or 10.0,
+                    timeout=self._read_timeout,
+                    reuse=True,
+                )
+                try:
+                    raw = await lean.read(self._read_timeout)
+                except BaseException:
+                    lean.close()
+                    raise
+                self._http1.release(lean)
+                if lean.status >= 400:
+                    self._raise_status(ep, lean.status, lean.reason, lean.headers.get("retry-after"), raw)
+            else:
+                async with self._completion_client() as client:
+                    response = await client.post(f"{ep.url}/completions", content=content)
+                    raw = await response.aread()
+                self._check_status(ep, response, raw)
             try:
                 data = loads(raw)
                 choice = data["choices"][0]
@@ -471,30 +505,70 @@ class OpenAICompletionsBackend(Backend):
     async def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamDelta, None]:
         content = _dumps(self._body(request, stream=True))
         headers = {"Connection": "close"} if self.server == "llamacpp" else None
-
-        async def once(ep: Endpoint) -> httpx.Response:
-            req = client.build_request("POST", f"{ep.url}/completions", content=content, headers=headers)
-            response = await client.send(req, stream=True)
-            if response.status_code >= 400:
-                raw = await response.aread()
-                await response.aclose()
-                self._check_status(ep, response, raw)
-            return response
-
         # Retries and failover happen only before the first token; a stream that breaks later
         # raises, and the engine redoes the whole step.
-        shard = self._take_shard()
-        client: httpx.AsyncClient = shard[1]
-        try:
-            response, retries = await self._with_retries(self._key(request), once)
-        except BaseException:
-            shard[0] -= 1
-            raise
+        body: Body
+        close: Callable[[], Awaitable[None]]
+        if self._lean:
+            lean_headers = {**self._lean_headers, "Accept": "text/event-stream", **(headers or {})}
+
+            async def open_lean(ep: Endpoint) -> Http1Stream:
+                opened = await self._http1.post(
+                    f"{ep.url}/completions",
+                    content,
+                    lean_headers,
+                    connect_timeout=self._timeout.connect or 10.0,
+                    timeout=self._read_timeout,
+                )
+                if opened.status >= 400:
+                    try:
+                        raw = await opened.read(self._read_timeout)
+                    finally:
+                        opened.close()
+                    self._raise_status(ep, opened.status, opened.reason, opened.headers.get("retry-after"), raw)
+                return opened
+
+            lean, retries = await self._with_retries(self._key(request), open_lean)
+            reads = lean.reads(self._read_timeout)
+            body = reads
+
+            async def close() -> None:
+                try:
+                    await reads.aclose()
+                finally:
+                    lean.close()
+
+        else:
+
+            async def once(ep: Endpoint) -> httpx.Response:
+                req = client.build_request("POST", f"{ep.url}/completions", content=content, headers=headers)
+                response = await client.send(req, stream=True)
+                if response.status_code >= 400:
+                    raw = await response.aread()
+                    await response.aclose()
+                    self._check_status(ep, response, raw)
+                return response
+
+            shard = self._take_shard()
+            client: httpx.AsyncClient = shard[1]
+            try:
+                response, retries = await self._with_retries(self._key(request), once)
+            except BaseException:
+                shard[0] -= 1
+                raise
+            body = response
+
+            async def close() -> None:
+                try:
+                    await response.aclose()
+                finally:
+                    shard[0] -= 1
+
         got_any = False
         events = 0
         held = StopHold(request.stop)
         try:
-            async for delta in _merged(sse_batches(response, self._unsplit_event)):
+            async for delta in _merged(sse_batches(body, self._unsplit_event)):
                 got_any = got_any or bool(delta.pieces)
                 events += len(delta.pieces)  # at least one token each
                 if delta.pieces:
@@ -529,12 +603,11 @@ class OpenAICompletionsBackend(Backend):
             raise BackendError(f"{self.model}: the stream ended before the completion did", retryable=True)
         except BackendError as exc:
             raise self._redacted(exc) from None
-        except httpx.TransportError as exc:
+        except TimeoutError as exc:
+            raise BackendError(f"{self.model}: a stream timed out ({exc})", retryable=True) from exc
+        except (httpx.TransportError, OSError) as exc:
             where = "in the middle of" if got_any else "at the start of"
             raise BackendError(f"{self.model}: connection lost {where} a stream ({exc})", retryable=True) from exc
         finally:
             # Closing the response closes the connection, and the server aborts the request.
-            try:
-                await response.aclose()
-            finally:
-                shard[0] -= 1
+            await close()

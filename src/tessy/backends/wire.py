@@ -7,8 +7,9 @@ from __future__ import annotations
 import codecs
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
+from contextlib import aclosing
+from typing import Any, TypeAlias
 
 import httpx
 import orjson
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: A stream's body: an httpx response, or its bytes as they are read (see :mod:`.http1`).
+Body: TypeAlias = httpx.Response | AsyncIterable[bytes]
 
 _WORDS = FakeTokenizer()  # splits text into word-level pieces when a server gives no per-token text
 
@@ -112,9 +116,7 @@ class StopHold:
         return out
 
 
-async def sse_deltas(
-    response: httpx.Response, unsplit: Callable[[int], None] | None = None
-) -> AsyncGenerator[StreamDelta, None]:
+async def sse_deltas(response: Body, unsplit: Callable[[int], None] | None = None) -> AsyncGenerator[StreamDelta, None]:
     """Deltas from an OpenAI-style SSE stream (``data: {...}`` events, then ``data: [DONE]``),
     one token each: :func:`sse_batches`, one delta at a time."""
     async for batch in sse_batches(response, unsplit):
@@ -123,7 +125,7 @@ async def sse_deltas(
 
 
 async def sse_batches(
-    response: httpx.Response, unsplit: Callable[[int], None] | None = None
+    response: Body, unsplit: Callable[[int], None] | None = None
 ) -> AsyncGenerator[list[StreamDelta], None]:
     """Deltas from an OpenAI-style SSE stream (``data: {...}`` events, then ``data: [DONE]``),
     one token each, in a list per network read (so a client that reads late can take a burst
@@ -138,75 +140,79 @@ async def sse_batches(
     ``include_usage``) is read first: it is what proves an end-of-sequence token.
     """
     finished: StreamDelta | None = None
-    async for payloads in _data_batches(response):
-        out: list[StreamDelta] = []
-        for payload in payloads:
-            if payload == b"[DONE]":
-                if finished is not None:
-                    out.append(finished)
-                yield out
-                return
-            try:
-                event = loads(payload)
-                choices = event.get("choices") or []
-                usage = event.get("usage") or {}
-                counted = usage.get("completion_tokens")
-            except (ValueError, AttributeError):
-                if out:
-                    yield out  # what came before the malformed event, as it came
-                shown = payload[:200].decode("utf-8", "replace")
-                raise BackendError(f"malformed stream event: {shown!r}", retryable=True) from None
-            if finished is not None:
-                if isinstance(counted, int):
-                    finished.completion_tokens = counted
-                    finished.prompt_tokens, finished.cached_tokens = prompt_usage(usage)
-                    out.append(finished)
+    # Closed here, not left to the garbage collector (which would start a task to close it).
+    async with aclosing(_data_batches(response)) as batches:
+        async for payloads in batches:
+            out: list[StreamDelta] = []
+            for payload in payloads:
+                if payload == b"[DONE]":
+                    if finished is not None:
+                        out.append(finished)
                     yield out
                     return
-                continue
-            for choice in choices[:1]:
-                text = choice.get("text") or ""
-                ids = choice.get("token_ids")
-                ids = ids if isinstance(ids, list) and all(isinstance(i, int) for i in ids) else None
-                tokens = token_strings(choice.get("logprobs")) if ids is not None and len(ids) > 1 else None
-                if ids is not None and tokens is not None and len(tokens) == len(ids):
-                    if choice.get("finish_reason") == "stop" and "".join(tokens[:-1]) == text:
-                        tokens, ids = tokens[:-1], ids[:-1]  # the end-of-sequence token, which has no text
-                    if "".join(tokens) == text:
-                        out.extend(
-                            StreamDelta(pieces=[tok], token_ids=[tid]) for tok, tid in zip(tokens, ids, strict=True)
-                        )
-                        text = ""
-                if text:
-                    if ids is not None and len(ids) > 1:
-                        if unsplit is not None:
-                            unsplit(len(ids))
-                        out.append(StreamDelta(pieces=[text], token_ids=None))
-                    else:
-                        out.append(
-                            StreamDelta(pieces=[text], token_ids=ids if ids is not None and len(ids) == 1 else None)
-                        )
-                if choice.get("finish_reason") is not None:
-                    reason = stop_reason_of(choice)
-                    finished = StreamDelta(
-                        pieces=[],
-                        finish_reason=finish_of(choice["finish_reason"]),
-                        stop_reason=reason if isinstance(reason, str) else None,
-                        completion_tokens=counted if isinstance(counted, int) else None,
-                    )
-                    finished.prompt_tokens, finished.cached_tokens = prompt_usage(usage)
-                    if isinstance(reason, int) and not isinstance(reason, bool):
-                        out.append(StreamDelta(pieces=[], finish_reason=finished.finish_reason, stop_reason=TOKEN_STOP))
-                        yield out
-                        return
-                    if finished.finish_reason == "length" or finished.completion_tokens is not None:
+                try:
+                    event = loads(payload)
+                    choices = event.get("choices") or []
+                    usage = event.get("usage") or {}
+                    counted = usage.get("completion_tokens")
+                except (ValueError, AttributeError):
+                    if out:
+                        yield out  # what came before the malformed event, as it came
+                    shown = payload[:200].decode("utf-8", "replace")
+                    raise BackendError(f"malformed stream event: {shown!r}", retryable=True) from None
+                if finished is not None:
+                    if isinstance(counted, int):
+                        finished.completion_tokens = counted
+                        finished.prompt_tokens, finished.cached_tokens = prompt_usage(usage)
                         out.append(finished)
                         yield out
                         return
-        if out:
-            yield out
-    if finished is not None:
-        yield [finished]
+                    continue
+                for choice in choices[:1]:
+                    text = choice.get("text") or ""
+                    ids = choice.get("token_ids")
+                    ids = ids if isinstance(ids, list) and all(isinstance(i, int) for i in ids) else None
+                    tokens = token_strings(choice.get("logprobs")) if ids is not None and len(ids) > 1 else None
+                    if ids is not None and tokens is not None and len(tokens) == len(ids):
+                        if choice.get("finish_reason") == "stop" and "".join(tokens[:-1]) == text:
+                            tokens, ids = tokens[:-1], ids[:-1]  # the end-of-sequence token, which has no text
+                        if "".join(tokens) == text:
+                            out.extend(
+                                StreamDelta(pieces=[tok], token_ids=[tid]) for tok, tid in zip(tokens, ids, strict=True)
+                            )
+                            text = ""
+                    if text:
+                        if ids is not None and len(ids) > 1:
+                            if unsplit is not None:
+                                unsplit(len(ids))
+                            out.append(StreamDelta(pieces=[text], token_ids=None))
+                        else:
+                            out.append(
+                                StreamDelta(pieces=[text], token_ids=ids if ids is not None and len(ids) == 1 else None)
+                            )
+                    if choice.get("finish_reason") is not None:
+                        reason = stop_reason_of(choice)
+                        finished = StreamDelta(
+                            pieces=[],
+                            finish_reason=finish_of(choice["finish_reason"]),
+                            stop_reason=reason if isinstance(reason, str) else None,
+                            completion_tokens=counted if isinstance(counted, int) else None,
+                        )
+                        finished.prompt_tokens, finished.cached_tokens = prompt_usage(usage)
+                        if isinstance(reason, int) and not isinstance(reason, bool):
+                            out.append(
+                                StreamDelta(pieces=[], finish_reason=finished.finish_reason, stop_reason=TOKEN_STOP)
+                            )
+                            yield out
+                            return
+                        if finished.finish_reason == "length" or finished.completion_tokens is not None:
+                            out.append(finished)
+                            yield out
+                            return
+            if out:
+                yield out
+        if finished is not None:
+            yield [finished]
 
 
 def merge_deltas(batch: Sequence[StreamDelta]) -> list[StreamDelta]:
@@ -233,13 +239,14 @@ def _copy(ids: list[int] | None) -> list[int] | None:
     return list(ids) if ids is not None else None
 
 
-async def _data_batches(response: httpx.Response) -> AsyncGenerator[list[bytes], None]:
+async def _data_batches(response: Body) -> AsyncGenerator[list[bytes], None]:
     """The payloads of an SSE stream's ``data:`` lines (as bytes, stripped), a list per read.
 
     Lines end in ``\n``, ``\r\n`` or a lone ``\r`` (all three are SSE line ends); bytes are
     split as they come, with no text decoding: JSON is parsed from the bytes."""
     buffer = b""
-    async for data in response.aiter_bytes():
+    reads = response.aiter_bytes() if isinstance(response, httpx.Response) else response
+    async for data in reads:
         buffer = buffer + data if buffer else data
         if b"\r" in buffer:
             # A lone CR may be the first half of a CRLF that the next read completes.

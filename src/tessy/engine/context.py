@@ -189,6 +189,10 @@ class SpanBuilder:
 
 def tail_of(pieces: Sequence[str], end: int, n_chars: int) -> str:
     """The last ``n_chars`` characters of ``"".join(pieces[:end])``, without joining them all."""
+    # Pieces hold a character or more, but for empty ones: the last n_chars pieces mostly do.
+    text = "".join(pieces[max(0, end - n_chars) : end])
+    if len(text) >= n_chars or end <= n_chars:
+        return text[-n_chars:] if len(text) > n_chars else text
     out: list[str] = []
     need = n_chars
     i = end - 1

@@ -12,11 +12,24 @@ Readers are tolerant of older files: a field they lack takes its default. A line
 record at all is skipped (and counted) by :func:`read_records` and :func:`read_failures`.
 """
 
-from .sample import Failure, Message, Mode, Phase, Sample, SampleResult, SampleStats, Source, Span
+from .sample import (
+    COST_COUNTERS,
+    Failure,
+    Message,
+    Mode,
+    Phase,
+    Sample,
+    SampleResult,
+    SampleStats,
+    Source,
+    Span,
+    add_costs,
+)
 from .stats import RunStats
 from .stored import RESERVED, FailureRecord, Record, Verification, read_failures, read_records
 
 __all__ = [
+    "COST_COUNTERS",
     "RESERVED",
     "Failure",
     "FailureRecord",
@@ -31,6 +44,7 @@ __all__ = [
     "Source",
     "Span",
     "Verification",
+    "add_costs",
     "read_failures",
     "read_records",
 ]

@@ -7,7 +7,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Failure", "Message", "Mode", "Phase", "Sample", "SampleResult", "SampleStats", "Source", "Span"]
+__all__ = [
+    "COST_COUNTERS",
+    "Failure",
+    "Message",
+    "Mode",
+    "Phase",
+    "Sample",
+    "SampleResult",
+    "SampleStats",
+    "Source",
+    "Span",
+    "add_costs",
+]
 
 Source = Literal["teacher", "student"]
 Phase = Literal["think", "answer"]
@@ -139,6 +151,39 @@ class Sample:
         return cls(id=id, messages=[{"role": "user", "content": prompt}], fields=dict(fields))
 
 
+#: The counters of what a sample cost, finished or failed: a run sums them over every sample,
+#: and a sample over the runs it made on its behalf (the comparison methods' candidates).
+COST_COUNTERS = (
+    "requests",
+    "failed_requests",
+    "retried_requests",
+    "discarded_tokens",
+    "prefix_misses",
+    "glued_handoffs",
+    "reported_prompt_tokens",
+    "cached_prompt_tokens",
+    "score_requests",
+    "candidates",
+)
+#: Counters a record holds only where they are set, so that lines of runs that never set them
+#: stay as they were.
+_OPTIONAL_COUNTERS = (
+    "glued_handoffs",
+    "reported_prompt_tokens",
+    "cached_prompt_tokens",
+    "candidates",
+    "score_requests",
+    "proposed_tokens",
+    "replaced_tokens",
+)
+
+
+def add_costs(into: Any, stats: SampleStats) -> None:
+    """Add ``stats``' :data:`COST_COUNTERS` to ``into`` (a run's counters, or a sample's)."""
+    for name in COST_COUNTERS:
+        setattr(into, name, getattr(into, name) + getattr(stats, name))
+
+
 @dataclass(slots=True)
 class SampleStats:
     """Per-sample counters. Token counts are in each role's own tokenizer."""
@@ -207,20 +252,8 @@ class SampleStats:
             "teacher_share": round(self.teacher_share, 4),
             "guards": list(self.guards),
             "wall_s": round(self.wall_s, 3),
-            **self._method_json(),
         }
-        # Written only when there is something to say: older lines stay as they were.
-        if self.glued_handoffs:
-            out["glued_handoffs"] = self.glued_handoffs
-        if self.reported_prompt_tokens:
-            out["reported_prompt_tokens"] = self.reported_prompt_tokens
-            out["cached_prompt_tokens"] = self.cached_prompt_tokens
-        return out
-
-    def _method_json(self) -> dict[str, Any]:
-        """The comparison methods' counters that are set (records of other modes stay as they were)."""
-        out: dict[str, Any] = {}
-        for key in ("candidates", "score_requests", "proposed_tokens", "replaced_tokens"):
+        for key in _OPTIONAL_COUNTERS:
             if getattr(self, key):
                 out[key] = getattr(self, key)
         if self.candidate_scores:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .sample import SampleResult, ratio
+from .sample import SampleResult, add_costs, ratio
 from .stored import FailureRecord, Record
 
 __all__ = ["RunStats"]
@@ -48,16 +48,7 @@ class RunStats:
         """Count one sample: an engine result, or a record or failure record read back."""
         failure = item.failure if isinstance(item, (SampleResult, FailureRecord)) else None
         stats = item.stats
-        self.requests += stats.requests
-        self.failed_requests += stats.failed_requests
-        self.retried_requests += stats.retried_requests
-        self.discarded_tokens += stats.discarded_tokens
-        self.prefix_misses += stats.prefix_misses
-        self.glued_handoffs += stats.glued_handoffs
-        self.reported_prompt_tokens += stats.reported_prompt_tokens
-        self.cached_prompt_tokens += stats.cached_prompt_tokens
-        self.score_requests += stats.score_requests
-        self.candidates += stats.candidates
+        add_costs(self, stats)
         self.guards.update(stats.guards)
         if failure is not None:
             self.failed[failure.kind] += 1

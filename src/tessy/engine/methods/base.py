@@ -15,7 +15,7 @@ from typing import Any
 
 from ...backends.base import Prompt, ScoreRequest, TokenScores
 from ...errors import OutageError, TessyError
-from ...records import Failure, Message, Mode, Sample, SampleResult, SampleStats, Source, Span
+from ...records import Failure, Message, Mode, Sample, SampleResult, SampleStats, Source, Span, add_costs
 from ..policy import Role
 from ..sample import SampleRun, _Failed
 from .templates import DEFAULT_REFERENCE_PROMPT, DEFAULT_SCORE_PROMPT, PromptTemplate
@@ -132,14 +132,9 @@ class MethodRun(SampleRun):
         every candidate run: requests add up, and the tokens of runs not kept are discarded."""
         stats = self.stats
         for run in self.runs:
-            s = run.stats
-            stats.requests += s.requests
-            stats.failed_requests += s.failed_requests
-            stats.retried_requests += s.retried_requests
-            stats.prefix_misses += s.prefix_misses
-            stats.discarded_tokens += s.discarded_tokens
+            add_costs(stats, run.stats)
             if run is not kept:
-                stats.discarded_tokens += s.total_tokens
+                stats.discarded_tokens += run.stats.total_tokens
         self.runs = []  # counted once
         spans: list[Span] = []
         response: str | None = None

@@ -331,7 +331,7 @@ def run_sharded(
     summary = RunSummary(
         config_hash=config_hash, output=out, failed_path=store.failed_path, max_failure_rate=config.max_failure_rate
     )
-    if config.verify is not None and config.verify.kind != "none":  # pass rates, as one process sums them
+    if config.verifies:  # pass rates, as one process sums them
         summary.verification = PassTally(n=config.attempts)
     merger = _Merger(store, summary)
     outputs = [shard_output(out, index) for index in range(count)]

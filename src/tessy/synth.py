@@ -195,8 +195,7 @@ class Synthesis:
         self._store: OutputStore | None = None
         self._started = 0.0
         self._iterator: AsyncGenerator[Record, None] | None = None
-        verify = self.config.verify
-        self._verifier: Verifier | None = None if verify is None or verify.kind == "none" else build_verifier(verify)
+        self._verifier: Verifier | None = build_verifier(self.config.verify) if self.config.verifies else None
         if self._verifier is not None:
             self.summary.verification = PassTally(n=self.config.attempts, adaptive=self.config.keep == "first-passing")
         #: Per prompt of an earlier run (several samples per prompt): its attempts and kept samples.

@@ -476,11 +476,16 @@ class SynthConfig(_Model):
         keep, n = self.keep or "all", self.samples_per_prompt or 1
         if keep == "all" and self.max_attempts not in (None, n):
             raise ValueError("max_attempts needs keep: first-passing or best (with keep: all every sample is kept)")
-        if keep != "all" and (self.verify is None or self.verify.kind == "none"):
+        if keep != "all" and not self.verifies:
             raise ValueError(f"keep: {keep} needs a verifier: set verify.kind (math, code or module:function)")
         if self.max_attempts is not None and self.max_attempts < n:
             raise ValueError(f"max_attempts ({self.max_attempts}) is below samples_per_prompt ({n})")
         return self
+
+    @property
+    def verifies(self) -> bool:
+        """Whether finished samples are verified (a ``verify:`` section with a kind but ``none``)."""
+        return self.verify is not None and self.verify.kind != "none"
 
     @property
     def attempts(self) -> int:
